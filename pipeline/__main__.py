@@ -1,0 +1,25 @@
+"""`python -m pipeline <step> [flags]`: run one pipeline step (flags: `<step> --help`)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STEPS = ("train", "quantize", "promote", "predict", "monitor", "main")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches to `pipeline.<step>.main`; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in STEPS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown step {argv[0]!r}", file=sys.stderr)
+        print(f"usage: python -m pipeline {{{','.join(STEPS)}}} [flags]  (see <step> --help)", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    # Each step imports only what it needs, so `--help` and small steps stay quick.
+    module = importlib.import_module(f"pipeline.{argv[0]}")
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The `california-housing` registered model: versions and the aliases that pin them."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_QUANTIZED, MODEL_NAME
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# The command that sets each alias, named in the error when an alias is missing.
+_ALIAS_SOURCE = {
+    ALIAS_CHALLENGER: "python -m pipeline train",
+    ALIAS_QUANTIZED: "python -m pipeline quantize",
+    ALIAS_CHAMPION: "python -m pipeline promote (or the whole pipeline: mlflow run .)",
+}
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
+    """Registers a logged model as a new version of `california-housing` and points `alias` at it.
+
+    Call this last, after every metric and artifact is logged, so a failed step never leaves a
+    registered version behind.
+
+    Args:
+        model_uri: URI of the logged model (`ModelInfo.model_uri`).
+        alias: Alias to move to the new version.
+        tags: Version tags.
+
+    Returns:
+        The new model version.
+    """
+    version = mlflow.register_model(model_uri, MODEL_NAME, tags={k: str(v) for k, v in tags.items()})
+    MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version.version)
+    log.info("registered %s version %s, alias %r", MODEL_NAME, version.version, alias)
+    return version
+
+
+def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def resolve(model_uri: str) -> ModelVersion | None:
+    """The registered version a `models:/name@alias` or `models:/name/N` URI names.
+
+    Returns:
+        The version, or None for URIs outside the registry (`runs:/`, a path, `models:/m-...`).
+
+    Raises:
+        PipelineError: The alias or version does not exist; the message names it and, for our
+            aliases, the command that sets it.
+    """
+    match = _MODELS_URI.match(model_uri)
+    if match is None:
+        return None
+    name, alias, number = match["name"], match["alias"], match["version"]
+    if alias:
+        version = version_by_alias(alias, name)
+        if version is None:
+            hint = _ALIAS_SOURCE.get(alias) if name == MODEL_NAME else None
+            fix = f"; run '{hint}' to set it" if hint else ""
+            raise PipelineError(f"registered model {name!r} has no alias {alias!r}{fix}")
+        return version
+    try:
+        return MlflowClient().get_model_version(name, number)
+    except MlflowException:
+        raise PipelineError(f"registered model {name!r} has no version {number}") from None

@@ -1,0 +1,227 @@
+"""MLflow set-up shared by the steps; works under `mlflow run` and when called directly.
+
+`mlflow run` creates the run before our code starts, in the experiment its own flags chose,
+and hands it over in `MLFLOW_RUN_ID`; `mlflow.start_run()` then resumes that run. Called
+directly, a step creates its own run in `california-housing`. Inside an active run (the
+`main` pipeline) a step becomes a nested child run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+
+from pipeline import data as data_mod
+from pipeline.config import EXPERIMENT_NAME, MODEL_REQUIREMENTS, SKLEARN_SOURCE, SKLEARN_SOURCE_URL, SPLIT_ARTIFACT
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+_GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")
+
+
+def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
+    """Makes `name` the active experiment, creating it if needed, and returns its id.
+
+    Raises:
+        PipelineError: The experiment stores artifacts behind a tracking server
+            (`mlflow-artifacts:/`) but the tracking URI is a database file (mlflow#7819).
+    """
+    experiment = mlflow.set_experiment(name)
+    check_artifact_root(experiment.artifact_location, name)
+    return experiment.experiment_id
+
+
+def check_artifact_root(artifact_location: str, experiment_name: str) -> None:
+    """Refuses, with the fix, to log to an experiment whose artifacts only a server can reach.
+
+    An experiment created through `mlflow ui`/`mlflow server` gets an `mlflow-artifacts:/`
+    root; logging to the same SQLite file without that server then fails deep inside MLflow
+    with an unrelated-looking error (mlflow issue #7819).
+    """
+    uri = mlflow.get_tracking_uri()
+    if artifact_location.startswith("mlflow-artifacts:") and not uri.startswith(("http://", "https://")):
+        raise PipelineError(
+            f"experiment {experiment_name!r} stores its artifacts at {artifact_location} (it was "
+            f"created by 'mlflow server' or 'mlflow ui'), which only a tracking server can reach, "
+            f"but the tracking URI is {uri}. Either start that server and set "
+            f"MLFLOW_TRACKING_URI=http://127.0.0.1:5000, or use another experiment name "
+            f"(--experiment-name) so this store creates one with a local artifact root."
+        )
+
+
+@contextmanager
+def step_run(
+    step: str,
+    run_name: str,
+    description: str,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> Iterator[mlflow.ActiveRun]:
+    """Runs a pipeline step inside an MLflow run and tags it.
+
+    Args:
+        step: The step's name, logged as tag `step`.
+        run_name: Name shown in the MLflow UI.
+        description: What this run is, shown in the UI (tag `mlflow.note.content`).
+        experiment_name: Experiment for a run this function creates itself.
+
+    Yields:
+        The active run. It ends FAILED if the body raises.
+    """
+    if mlflow.active_run() is not None:
+        context = mlflow.start_run(run_name=run_name, nested=True, description=description)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        context = mlflow.start_run(run_name=_cli_run_name(run_name), description=description)
+    else:
+        ensure_experiment(experiment_name)
+        context = mlflow.start_run(run_name=run_name, description=description)
+    with context as run:
+        if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
+            _check_cli_experiment(run, experiment_name)
+        tags = {"step": step}
+        commit = git_commit()
+        if commit:
+            tags["git_commit"] = commit
+        mlflow.set_tags(tags)
+        yield run
+
+
+def _cli_run_name(step_name: str) -> str | None:
+    """The name for a run `mlflow run` created: the step's, unless the user chose one.
+
+    `mlflow run` names its run adjective-noun-NNN unless given `--run-name`; only the
+    generated name is replaced.
+    """
+    run = MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"])
+    return step_name if _GENERATED_RUN_NAME.fullmatch(run.info.run_name or "") else None
+
+
+def _check_cli_experiment(run: mlflow.ActiveRun, experiment_name: str) -> None:
+    """Checks the experiment `mlflow run` chose: its artifact root, and that it is ours."""
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    check_artifact_root(experiment.artifact_location, experiment.name)
+    if experiment.name != experiment_name:
+        log.warning(
+            "this run is in experiment %r, chosen by 'mlflow run'; pass "
+            "'--experiment-name %s' to 'mlflow run' to keep runs together",
+            experiment.name,
+            experiment_name,
+        )
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this process runs from, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged model: the versions installed here.
+
+    Given explicitly, because MLflow's inference of them costs seconds per logged model.
+    """
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def log_dataset_inputs(split: data_mod.Split, dataset: data_mod.Dataset) -> None:
+    """Logs the training and evaluation sets as run inputs, with a real source and digest."""
+    source = dataset_source(dataset.source)
+    for context, X, y in (
+        ("training", split.X_train, split.y_train),
+        ("evaluation", split.X_test, split.y_test),
+    ):
+        frame = X.assign(**{y.name: y})
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                frame,
+                source=source,
+                targets=y.name,
+                name=f"california-housing-{context}",
+                digest=data_mod.to_dataset(frame, dataset.source).digest,
+            ),
+            context=context,
+        )
+
+
+def dataset_source(source: str) -> DatasetSource:
+    """MLflow's record of where data came from: scikit-learn's download URL, or the CSV file."""
+    if source == SKLEARN_SOURCE:
+        return HTTPDatasetSource(SKLEARN_SOURCE_URL)
+    # MLflow registers its local-file source type twice and warns that a path is ambiguous;
+    # both registrations are the same class, so the warning says nothing here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return resolve_dataset_source(Path(source).as_uri())
+
+
+def log_split(split: data_mod.Split, dataset: data_mod.Dataset, test_size: float, random_state: int) -> None:
+    """Records which rows trained and tested the model, so later steps reuse the same split."""
+    record = {
+        "source": dataset.source,
+        "digest": dataset.digest,
+        "n_rows": len(dataset.X),
+        "test_size": test_size,
+        "random_state": random_state,
+        "train_index": split.train_index,
+        "test_index": split.test_index,
+    }
+    mlflow.log_dict(record, SPLIT_ARTIFACT)
+
+
+def load_split(run_id: str) -> tuple[data_mod.Split, dict[str, Any]]:
+    """Rebuilds the split a run recorded with `log_split`.
+
+    Returns:
+        The split and the record (source, digest, test_size, random_state, indices).
+
+    Raises:
+        PipelineError: The run recorded no split, or its data changed since.
+    """
+    try:
+        record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPLIT_ARTIFACT}")
+    except Exception as err:  # MLflow raises several types for a missing artifact
+        raise PipelineError(f"run {run_id} recorded no {SPLIT_ARTIFACT}: {err}") from None
+    dataset = data_mod.load(record["source"])
+    if dataset.digest != record["digest"]:
+        raise PipelineError(
+            f"the data at {record['source']} changed since run {run_id} recorded its split "
+            f"(digest {dataset.digest}, recorded {record['digest']})"
+        )
+    return data_mod.split_by_index(dataset, record["train_index"], record["test_index"]), record
+
+
+def model_file_bytes(model_info: ModelInfo, filename: str) -> int:
+    """Size of one file of a logged model (the serialized weights), as stored.
+
+    Raises:
+        PipelineError: The logged model has no such file.
+    """
+    for artifact in MlflowClient().list_logged_model_artifacts(model_info.model_id):
+        if artifact.path.rsplit("/", 1)[-1] == filename:
+            return int(artifact.file_size)
+    raise PipelineError(f"logged model {model_info.model_uri} has no file {filename!r}")

@@ -1,0 +1,171 @@
+"""The `train` step: fit LinearRegression, log it to MLflow, register it as `challenger`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from sklearn.linear_model import LinearRegression
+
+from pipeline import cli, data, plots, registry, tracking
+from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, RANDOM_STATE, TEST_SIZE
+from pipeline.metrics import regression_metrics
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+# The file MLflow writes the fitted estimator to (skops format, MLflow 3 default).
+SKLEARN_MODEL_FILE = "model.skops"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run_id: The MLflow run.
+        version: The registered model version (a string, as MLflow gives it).
+        model_uri: `models:/california-housing/<version>`.
+        metrics: Every metric the run logged.
+    """
+
+    run_id: str
+    version: str
+    model_uri: str
+    metrics: dict[str, float]
+
+
+def fit(X: pd.DataFrame, y: pd.Series) -> LinearRegression:
+    """Fits ordinary least squares with an intercept (pure: no I/O)."""
+    return LinearRegression().fit(X, y)
+
+
+def coefficient_table(model: LinearRegression, X_train: pd.DataFrame) -> pd.DataFrame:
+    """Coefficients next to coefficient × feature std, the effect of a one-std change.
+
+    Raw coefficients are not comparable across features in different units (Population's
+    −2e−6 per person matters as much as AveOccup's −0.0035 per person/household); the
+    standardized column is.
+    """
+    std = X_train.std(ddof=0).to_numpy()
+    return pd.DataFrame(
+        {
+            "feature": list(FEATURES),
+            "coefficient": model.coef_,
+            "feature_std": std,
+            "coefficient_x_std": model.coef_ * std,
+        }
+    )
+
+
+def _train_fit(y_train: pd.Series, train_pred: np.ndarray) -> dict[str, float]:
+    fit_metrics = regression_metrics(y_train, train_pred, prefix="train_")
+    return {key: fit_metrics[key] for key in ("train_r2", "train_mse")}
+
+
+def train(
+    data_path: str | None = None,
+    test_size: float = TEST_SIZE,
+    random_state: int = RANDOM_STATE,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> TrainResult:
+    """Trains, evaluates, logs and registers the float model.
+
+    Data are loaded and validated before any run is touched, and the model is registered only
+    after everything else is logged: bad input or a failure leaves no registered version.
+
+    Args:
+        data_path: A CSV with the 8 features and MedHouseVal, or None for scikit-learn's data.
+        test_size: Share of rows held out for evaluation.
+        random_state: Seed of the split.
+        experiment_name: Experiment for runs started outside `mlflow run`.
+
+    Returns:
+        The run, the registered version and the metrics.
+
+    Raises:
+        DataError: The data cannot be used; the message names file, column and row.
+    """
+    dataset = data.load(data_path)
+    split = data.split(dataset, test_size=test_size, random_state=random_state)
+    model = fit(split.X_train, split.y_train)
+    test_pred = model.predict(split.X_test)
+    metrics = {
+        **regression_metrics(split.y_test, test_pred),
+        **_train_fit(split.y_train, model.predict(split.X_train)),
+        "param_bytes": float((model.coef_.size + 1) * np.dtype("float64").itemsize),
+    }
+    description = (
+        f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
+        f"test R² {metrics['test_r2']:.4f} on {len(split.X_test)} held-out rows."
+    )
+    with tracking.step_run("train", run_name="train", description=description, experiment_name=experiment_name) as run:
+        mlflow.log_params(
+            {
+                "test_size": test_size,
+                "random_state": random_state,
+                "n_train": len(split.X_train),
+                "n_test": len(split.X_test),
+                "data_source": dataset.source,
+                "data_digest": dataset.digest,
+            }
+        )
+        tracking.log_dataset_inputs(split, dataset)
+        tracking.log_split(split, dataset, test_size, random_state)
+        mlflow.log_text(coefficient_table(model, split.X_train).to_csv(index=False), "coefficients.csv")
+        mlflow.log_figure(
+            plots.predicted_vs_actual(split.y_test, test_pred, "Float model: predicted vs actual (test)"),
+            "plots/predicted_vs_actual.png",
+        )
+        mlflow.log_figure(
+            plots.residuals(split.y_test, test_pred, "Float model: residuals (test)"), "plots/residuals.png"
+        )
+        model_info = mlflow.sklearn.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(split.X_train, test_pred),
+            input_example=split.X_train.head(5),
+            pip_requirements=tracking.model_requirements(),
+        )
+        metrics["model_size_bytes"] = float(tracking.model_file_bytes(model_info, SKLEARN_MODEL_FILE))
+        mlflow.log_metrics(metrics)
+        version = registry.register(
+            model_info.model_uri,
+            ALIAS_CHALLENGER,
+            tags={"run_id": run.info.run_id, "test_r2": f"{metrics['test_r2']:.6f}", "flavor": "sklearn"},
+        )
+    log.info("test R² %.4f, test MSE %.4f, intercept %.4f", metrics["test_r2"], metrics["test_mse"], model.intercept_)
+    return TrainResult(run.info.run_id, str(version.version), f"models:/{version.name}/{version.version}", metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline train`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
+    parser.add_argument(
+        "--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's data)"
+    )
+    parser.add_argument(
+        "--test-size", type=float, default=TEST_SIZE, help="share of rows held out (default %(default)s)"
+    )
+    parser.add_argument(
+        "--random-state", type=int, default=RANDOM_STATE, help="seed of the split (default %(default)s)"
+    )
+    cli.add_experiment_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the step from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return cli.run(
+        lambda: train(args.data or None, args.test_size, args.random_state, args.experiment_name),
+        report=lambda result: print(
+            f"Trained {result.model_uri} (alias {ALIAS_CHALLENGER}) in run {result.run_id}: "
+            f"test R² {result.metrics['test_r2']:.4f}, test MSE {result.metrics['test_mse']:.4f}"
+        ),
+    )

@@ -1,0 +1,147 @@
+"""Shared fixtures: real SQLite tracking stores in temp dirs, the real registry, the real data.
+
+Store fixtures with session scope are built once and must be treated as read-only; a test that
+moves aliases or adds versions takes `clone_store` (a private copy of a built store) or
+`tracking_uri` (an empty store).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import data
+from pipeline.config import FEATURES, TARGET
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "scikit_learn_data"
+
+SYNTHETIC_COEF = np.array([0.8, 0.1, -0.3, 0.6, 0.0, -0.05, -0.4, -0.45])
+
+# Offline machines (CI here) read scikit-learn's cache of the data set from ../shared.
+if "SCIKIT_LEARN_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["SCIKIT_LEARN_DATA"] = str(SHARED_DATA)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A tracking store on disk: its folder and its SQLite URI."""
+
+    root: Path
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+
+def activate(store: Store) -> None:
+    """Points this process, and the subprocesses it starts, at `store`."""
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    mlflow.set_tracking_uri(store.uri)
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow database, made once (creating one costs about 2 s)."""
+    store = Store(tmp_path_factory.mktemp("empty-store"))
+    mlflow.MlflowClient(store.uri).search_experiments()
+    return store.root / "mlflow.db"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, empty_db: Path) -> Iterator[str]:
+    """A fresh, empty store for one test, active in this process and in subprocesses."""
+    store = Store(tmp_path / "store")
+    store.root.mkdir()
+    shutil.copy(empty_db, store.root / "mlflow.db")
+    yield from _activated(store)
+
+
+def _activated(store: Store) -> Iterator[str]:
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    activate(store)
+    try:
+        yield store.uri
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Store:
+    """A store where `train` ran once on the default split: version 1 is `challenger`."""
+    from pipeline.train import train
+
+    store = Store(tmp_path_factory.mktemp("trained-store"))
+    shutil.copy(empty_db, store.root / "mlflow.db")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    activate(store)
+    try:
+        train()
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return store
+
+
+@pytest.fixture
+def trained(trained_store: Store) -> Iterator[str]:
+    """Makes the (read-only) trained store active for one test; yields its URI."""
+    yield from _activated(trained_store)
+
+
+@pytest.fixture
+def clone_store(tmp_path: Path):
+    """Returns a function that copies a built store's database and activates the copy.
+
+    Artifacts stay where the original logged them (their paths are absolute), so the copy
+    reads them; only registry and run metadata are private to the test.
+    """
+
+    def clone(store: Store) -> str:
+        copy = Store(tmp_path / "clone")
+        copy.root.mkdir()
+        shutil.copy(store.root / "mlflow.db", copy.root / "mlflow.db")
+        activate(copy)
+        return copy.uri
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    yield clone
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def california() -> data.Dataset:
+    """The real California Housing data set."""
+    return data.load_california()
+
+
+@pytest.fixture
+def synthetic_frame() -> pd.DataFrame:
+    """200 rows of made-up data with the real column names and a known linear target."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, len(FEATURES))), columns=list(FEATURES))
+    frame[TARGET] = 0.5 + frame.to_numpy() @ SYNTHETIC_COEF + rng.normal(scale=0.01, size=200)
+    return frame
+
+
+@pytest.fixture
+def python() -> str:
+    """The interpreter running the tests, to start entry points with."""
+    return sys.executable

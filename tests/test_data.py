@@ -1,0 +1,124 @@
+"""Data loading and validation: the real data set, and every kind of bad CSV on small files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import data
+from pipeline.config import FEATURES, TARGET
+from pipeline.errors import DataError
+
+
+def test_real_data_shape_names_and_values(california: data.Dataset) -> None:
+    assert california.X.shape == (20640, 8)
+    assert list(california.X.columns) == list(FEATURES)
+    assert california.y.name == TARGET
+    assert not california.X.isna().any().any()
+    assert not california.y.isna().any()
+    assert (california.X.dtypes == "float64").all()
+    assert california.y.between(0.14, 5.00001).all()
+
+
+def test_default_split_sizes_are_sklearns(california: data.Dataset) -> None:
+    split = data.split(california, test_size=0.2, random_state=42)
+    assert (len(split.X_train), len(split.X_test)) == (16512, 4128)
+    assert set(split.train_index).isdisjoint(split.test_index)
+    rebuilt = data.split_by_index(california, split.train_index, split.test_index)
+    pd.testing.assert_frame_equal(rebuilt.X_test, split.X_test)
+
+
+def test_digest_changes_with_one_value(synthetic_frame: pd.DataFrame) -> None:
+    original = data.to_dataset(synthetic_frame, "x")
+    changed = synthetic_frame.copy()
+    changed.iloc[5, 3] += 1e-9
+    assert original.digest == data.to_dataset(synthetic_frame.copy(), "x").digest
+    assert original.digest != data.to_dataset(changed, "x").digest
+
+
+def test_good_csv_loads_with_columns_in_any_order(tmp_path: Path, synthetic_frame: pd.DataFrame) -> None:
+    path = tmp_path / "good.csv"
+    synthetic_frame[list(reversed(synthetic_frame.columns))].to_csv(path, index=False)
+    dataset = data.load(str(path))
+    assert list(dataset.X.columns) == list(FEATURES)
+    np.testing.assert_array_equal(dataset.X.to_numpy(), synthetic_frame[list(FEATURES)].to_numpy())
+    assert dataset.source == str(path.resolve())
+
+
+def _write(tmp_path: Path, text: str | bytes, name: str = "bad.csv") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+HEADER = ",".join((*FEATURES, TARGET))
+ROW = ",".join(["1.5"] * 9)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "the file is empty"),
+        (HEADER + "\n", "header but no data rows"),
+        (HEADER.replace("HouseAge", "Age") + "\n" + ROW + "\n", "missing column(s) HouseAge; unexpected column(s) Age"),
+        (HEADER + ",Extra\n" + ROW + ",1\n", "unexpected column(s) Extra"),
+        (",".join(FEATURES) + "\n" + ",".join(["1"] * 8) + "\n", "missing column(s) MedHouseVal"),
+        (
+            HEADER + "\n" + ROW + "\n" + ROW.replace("1.5", "abc", 1) + "\n",
+            "column 'MedInc', row 2: 'abc' is not a number",
+        ),
+        (
+            HEADER + "\n" + ROW + "\n" + ROW + "\n" + ",".join(["1.5"] * 3 + [""] + ["1.5"] * 5) + "\n",
+            "column 'AveBedrms', row 3: value is missing",
+        ),
+        (
+            HEADER + "\n" + ",".join(["1.5"] * 4 + ["inf"] + ["1.5"] * 4) + "\n",
+            "column 'Population', row 1: value is infinite",
+        ),
+        (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "delimited by ';'"),
+        (
+            (HEADER + "\n" + ROW + "\n").encode() + b"1.5,\xff\xfe,1,1,1,1,1,1,1\n",
+            "row 2 (line 3), byte 5: not valid UTF-8",
+        ),
+    ],
+    ids=["empty", "header-only", "misnamed", "extra", "no-target", "non-numeric", "nan", "inf", "semicolon", "latin1"],
+)
+def test_bad_csv_is_rejected_naming_file_column_and_row(tmp_path: Path, content: str | bytes, expected: str) -> None:
+    path = _write(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        data.load(str(path))
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.csv: no such file"):
+        data.load(str(tmp_path / "nope.csv"))
+
+
+def test_chunks_report_the_files_row_not_the_chunks(tmp_path: Path) -> None:
+    rows = [ROW] * 25 + [ROW.replace("1.5", "x", 1)]
+    path = _write(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="row 26: 'x' is not a number"):
+        list(data.read_csv_chunks(path, chunksize=10))
+
+
+def test_too_few_rows_to_split(tmp_path: Path, synthetic_frame: pd.DataFrame) -> None:
+    path = tmp_path / "tiny.csv"
+    synthetic_frame.head(12).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"12 data row.* too few to split"):
+        data.split(data.load(str(path)), test_size=0.2, random_state=42)
+
+
+def test_target_optional_for_scoring(tmp_path: Path, synthetic_frame: pd.DataFrame) -> None:
+    path = tmp_path / "features.csv"
+    synthetic_frame[list(FEATURES)].to_csv(path, index=False)
+    dataset = data.load(str(path), target=data.TARGET_OPTIONAL)
+    assert dataset.y is None
+    assert dataset.X.shape == (200, 8)
