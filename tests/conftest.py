@@ -97,6 +97,37 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> S
     return store
 
 
+@pytest.fixture(scope="session")
+def pipeline_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Store:
+    """A store where the whole pipeline ran once on the default split (read-only).
+
+    Float model version 1 is `challenger`; the alias `champion` points at the promoted one.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import ALIAS_CHAMPION, MODEL_NAME
+    from pipeline.train import train
+
+    store = Store(tmp_path_factory.mktemp("pipeline-store"))
+    shutil.copy(empty_db, store.root / "mlflow.db")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    activate(store)
+    try:
+        result = train()
+        # Until the promote step exists, the float model is the champion.
+        MlflowClient().set_registered_model_alias(MODEL_NAME, ALIAS_CHAMPION, result.version)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return store
+
+
+@pytest.fixture
+def pipeline_done(pipeline_store: Store) -> Iterator[str]:
+    """Makes the (read-only) pipeline store active for one test; yields its URI."""
+    yield from _activated(pipeline_store)
+
+
 @pytest.fixture
 def trained(trained_store: Store) -> Iterator[str]:
     """Makes the (read-only) trained store active for one test; yields its URI."""
