@@ -1,0 +1,394 @@
+"""The `promote` step: gate the candidates, move `champion`, keep `previous-champion`.
+
+Each candidate is evaluated on the held-out rows its training run recorded, with
+`mlflow.models.evaluate(model_type="regressor")`, in a nested run of its own, and gated with
+`mlflow.validate_evaluation_results`:
+
+- absolute: test R² ≥ `min_r2`;
+- against the current champion (evaluated on the same rows), if there is one: test R² ≥
+  champion's − `max_r2_drop` (MLflow's `min_absolute_change` only expresses "better by at
+  least", so the allowed drop is an absolute threshold computed from the champion's score).
+
+Among the candidates that pass, a quantized one wins if its test R² is within
+`quantized_tolerance` of the best float one (smaller and cheaper to serve); otherwise the best
+test R² wins, ties going to the earlier candidate. When none passes, `champion` is untouched,
+the run records why, and the command exits with code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import MetricThreshold
+from mlflow.models.evaluation.validation import ModelValidationFailedException
+from mlflow.tracking import MlflowClient
+
+from pipeline import cli, registry, tracking
+from pipeline.config import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS_CHAMPION,
+    ALIAS_QUANTIZED,
+    EXPERIMENT_NAME,
+    MODEL_NAME,
+    TARGET,
+)
+from pipeline.errors import PipelineError, RejectedError
+
+log = logging.getLogger(__name__)
+
+MIN_R2 = 0.57
+MAX_R2_DROP = 0.005
+QUANTIZED_TOLERANCE = 0.001
+
+# mlflow.models.evaluate's metric names, under the keys every run of this project logs.
+_EVALUATE_KEYS = {
+    "r2_score": "test_r2",
+    "mean_squared_error": "test_mse",
+    "root_mean_squared_error": "test_rmse",
+    "mean_absolute_error": "test_mae",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model version under evaluation, and what the gate made of it."""
+
+    label: str
+    version: ModelVersion
+    metrics: dict[str, float]
+    failures: tuple[str, ...]
+
+    @property
+    def quantized(self) -> bool:
+        return "quantization" in self.version.tags
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def describe(self) -> str:
+        kind = self.version.tags.get("quantization", "float")
+        verdict = "passed" if self.passed else "failed: " + "; ".join(self.failures)
+        return f"{self.label} (v{self.version.version}, {kind}) test R² {self.metrics['test_r2']:.6f} {verdict}"
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """What the promotion decided.
+
+    Attributes:
+        run_id: The promote run.
+        champion: Version now at `champion` (unchanged when rejected).
+        previous: Version now at `previous-champion`, if any.
+        changed: Whether `champion` moved.
+        reason: Why, in one sentence; also a tag on the run and on the champion version.
+        candidates: Each candidate's metrics and gate result.
+        rejected: No candidate passed; `champion` was left as it was.
+    """
+
+    run_id: str
+    champion: str | None
+    previous: str | None
+    changed: bool
+    reason: str
+    candidates: tuple[Candidate, ...]
+    rejected: bool = False
+
+
+def choose(candidates: Sequence[Candidate], quantized_tolerance: float) -> tuple[Candidate | None, str]:
+    """Applies the promotion policy to gated candidates (pure: no MLflow calls).
+
+    Returns:
+        The winner (None when no candidate passed) and the reason, in one sentence.
+    """
+    passed = [c for c in candidates if c.passed]
+    if not passed:
+        return None, "no candidate passed the gate: " + " | ".join(c.describe() for c in candidates)
+    best = max(passed, key=lambda c: c.metrics["test_r2"])  # max keeps the first of equals
+    best_float = max((c for c in passed if not c.quantized), key=lambda c: c.metrics["test_r2"], default=None)
+    quantized = [c for c in passed if c.quantized]
+    if quantized and best_float is not None:
+        best_quantized = max(quantized, key=lambda c: c.metrics["test_r2"])
+        gap = best_float.metrics["test_r2"] - best_quantized.metrics["test_r2"]
+        if gap <= quantized_tolerance:
+            return best_quantized, (
+                f"{best_quantized.label} v{best_quantized.version.version} is quantized and within "
+                f"{quantized_tolerance} test R² of {best_float.label} v{best_float.version.version} "
+                f"(gap {gap:.6f}); smaller and cheaper to serve"
+            )
+        if best is best_float:
+            return best, (
+                f"{best.label} v{best.version.version} has the best test R² {best.metrics['test_r2']:.6f}; "
+                f"the quantized model trails it by {gap:.6f} > {quantized_tolerance}"
+            )
+    return (
+        best,
+        f"{best.label} v{best.version.version} has the best test R² {best.metrics['test_r2']:.6f} "
+        "of the candidates that passed",
+    )
+
+
+def promote(
+    candidates: Sequence[str] | Mapping[str, str] = (ALIAS_CHALLENGER, ALIAS_QUANTIZED),
+    min_r2: float = MIN_R2,
+    max_r2_drop: float = MAX_R2_DROP,
+    quantized_tolerance: float = QUANTIZED_TOLERANCE,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> PromoteResult:
+    """Evaluates and gates the candidates and moves `champion` to the winner.
+
+    Args:
+        candidates: Aliases of `california-housing` (e.g. "challenger"), or labels mapped to
+            model URIs (the `main` pipeline passes the versions it made, so that concurrent
+            pipelines never judge each other's models).
+        min_r2: Lowest test R² a candidate may have.
+        max_r2_drop: How much lower than the current champion's test R² a candidate may be.
+        quantized_tolerance: How far a quantized candidate may trail the float one and still win.
+        experiment_name: Experiment for runs started outside `mlflow run`.
+
+    Returns:
+        The decision.
+
+    Raises:
+        PipelineError: A candidate does not exist, or candidates were tested on different rows.
+        RejectedError: No candidate passed; raised after the run is logged, `champion` untouched.
+    """
+    if not isinstance(candidates, Mapping):
+        candidates = {alias: f"models:/{MODEL_NAME}@{alias}" for alias in candidates}
+    if not candidates:
+        raise PipelineError("no candidates given")
+    versions = {label: registry.resolve(uri) for label, uri in candidates.items()}
+    for label, version in versions.items():
+        if version is None:
+            raise PipelineError(f"candidate {label!r} ({candidates[label]}) is not a registered model version")
+    split = _common_held_out_set(versions)
+    eval_data = split.X_test.assign(**{TARGET: split.y_test})
+    with tracking.step_run(
+        "promote", run_name="promote", description="Promotion gate", experiment_name=experiment_name
+    ) as run:
+        mlflow.log_params(
+            {
+                "candidates": ",".join(f"{label}=v{v.version}" for label, v in versions.items()),
+                "min_r2": min_r2,
+                "max_r2_drop": max_r2_drop,
+                "quantized_tolerance": quantized_tolerance,
+            }
+        )
+        with _promotion_lock():
+            result = _decide(run.info.run_id, versions, eval_data, min_r2, max_r2_drop, quantized_tolerance)
+        decision = "promoted" if result.changed else ("rejected" if result.rejected else "unchanged")
+        mlflow.set_tags(
+            {
+                "decision": decision,
+                "decision.reason": result.reason,
+                "mlflow.note.content": f"{decision}: {result.reason}",
+            }
+        )
+    if result.rejected:
+        raise RejectedError(f"promotion rejected, champion unchanged: {result.reason}")
+    log.info("%s: %s", decision, result.reason)
+    return result
+
+
+def rollback(experiment_name: str = EXPERIMENT_NAME) -> PromoteResult:
+    """Swaps `champion` and `previous-champion` back, in one logged run.
+
+    Raises:
+        PipelineError: There is no `previous-champion` to go back to.
+    """
+    with tracking.step_run(
+        "promote", run_name="rollback", description="Rollback of the champion", experiment_name=experiment_name
+    ) as run:
+        with _promotion_lock():
+            current = registry.version_by_alias(ALIAS_CHAMPION)
+            previous = registry.version_by_alias(ALIAS_PREVIOUS_CHAMPION)
+            if previous is None or current is None:
+                raise PipelineError(
+                    f"nothing to roll back to: {MODEL_NAME} has no {ALIAS_PREVIOUS_CHAMPION!r} alias "
+                    "(it is set when promote replaces a champion)"
+                )
+            reason = f"rollback: champion v{current.version} -> v{previous.version}"
+            _move_champion(run.info.run_id, winner=previous, current=current, reason=reason)
+        mlflow.set_tags({"decision": "rollback", "decision.reason": reason, "mlflow.note.content": reason})
+    log.info("%s", reason)
+    return PromoteResult(run.info.run_id, str(previous.version), str(current.version), True, reason, ())
+
+
+def _decide(
+    run_id: str,
+    versions: Mapping[str, ModelVersion],
+    eval_data: pd.DataFrame,
+    min_r2: float,
+    max_r2_drop: float,
+    quantized_tolerance: float,
+) -> PromoteResult:
+    current = registry.version_by_alias(ALIAS_CHAMPION)
+    thresholds = {"minimum": min_r2}
+    if current is not None:
+        champion_metrics, _ = _evaluate(ALIAS_CHAMPION, current, eval_data, thresholds={})
+        mlflow.log_metrics({f"{ALIAS_CHAMPION}_{k}": v for k, v in champion_metrics.items()})
+        thresholds[f"champion v{current.version} minus {max_r2_drop}"] = champion_metrics["test_r2"] - max_r2_drop
+    gated = []
+    for label, version in versions.items():
+        metrics, failures = _evaluate(label, version, eval_data, thresholds)
+        mlflow.log_metrics({f"{label}_{k}": v for k, v in metrics.items()})
+        mlflow.set_tag(f"gate.{label}", "passed" if not failures else "; ".join(failures))
+        gated.append(Candidate(label, version, metrics, tuple(failures)))
+    winner, reason = choose(gated, quantized_tolerance)
+    current_number = str(current.version) if current is not None else None
+    if winner is None:
+        return PromoteResult(run_id, current_number, None, False, reason, tuple(gated), rejected=True)
+    if current_number == str(winner.version.version):
+        previous = registry.version_by_alias(ALIAS_PREVIOUS_CHAMPION)
+        return PromoteResult(
+            run_id,
+            current_number,
+            previous and str(previous.version),
+            False,
+            f"{reason}; it already is the champion",
+            tuple(gated),
+        )
+    _move_champion(run_id, winner=winner.version, current=current, reason=reason)
+    return PromoteResult(run_id, str(winner.version.version), current_number, True, reason, tuple(gated))
+
+
+def _evaluate(
+    label: str, version: ModelVersion, eval_data: pd.DataFrame, thresholds: Mapping[str, float]
+) -> tuple[dict[str, float], list[str]]:
+    """Evaluates one version in a nested run and gates its test R² against each threshold.
+
+    Returns:
+        The metrics under this project's keys, and one message per threshold it failed.
+    """
+    with mlflow.start_run(run_name=f"evaluate-{label}-v{version.version}", nested=True) as run:
+        mlflow.set_tags({"step": "evaluate", "model_version": str(version.version), "candidate": label})
+        result = mlflow.models.evaluate(
+            model=f"models:/{version.name}/{version.version}",
+            data=eval_data,
+            targets=TARGET,
+            model_type="regressor",
+            evaluators=["default"],
+            evaluator_config={"default": {"log_model_explainability": False}},
+        )
+        metrics = {ours: float(result.metrics[theirs]) for theirs, ours in _EVALUATE_KEYS.items()}
+        mlflow.log_metrics(metrics)
+        failures = []
+        for name, threshold in thresholds.items():
+            try:
+                mlflow.validate_evaluation_results(
+                    {"r2_score": MetricThreshold(threshold=threshold, greater_is_better=True)}, result
+                )
+            except ModelValidationFailedException:
+                failures.append(f"test R² {metrics['test_r2']:.6f} < {threshold:.6f} ({name})")
+    log.info("%s v%s: test R² %.6f (run %s)", label, version.version, metrics["test_r2"], run.info.run_id)
+    return metrics, failures
+
+
+def _move_champion(run_id: str, winner: ModelVersion, current: ModelVersion | None, reason: str) -> None:
+    client = MlflowClient()
+    client.set_registered_model_alias(MODEL_NAME, ALIAS_CHAMPION, winner.version)
+    if current is not None:
+        client.set_registered_model_alias(MODEL_NAME, ALIAS_PREVIOUS_CHAMPION, current.version)
+    for key, value in {"promotion.reason": reason, "promotion.run_id": run_id}.items():
+        client.set_model_version_tag(MODEL_NAME, winner.version, key, value)
+
+
+def _common_held_out_set(versions: Mapping[str, ModelVersion]):
+    """The held-out rows all candidates were evaluated on when they were made.
+
+    Raises:
+        PipelineError: The candidates were made on different splits or data.
+    """
+    records = {}
+    for label, version in versions.items():
+        split, record = tracking.load_split(version.run_id)
+        records[label] = (record["digest"], record["test_index"])
+    first_label, first = next(iter(records.items()))
+    for label, record in records.items():
+        if record != first:
+            raise PipelineError(
+                f"candidates {first_label!r} and {label!r} were evaluated on different held-out rows; "
+                "promote compares models made from one training run"
+            )
+    return split
+
+
+@contextmanager
+def _promotion_lock() -> Iterator[None]:
+    """Serializes read-decide-move of the aliases between processes sharing a SQLite store.
+
+    Without it two pipelines could both read champion vN and both move it, losing one
+    `previous-champion`. A tracking server has no such lock to take; there the last one wins.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(urlparse(uri).path).with_suffix(".promote.lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline promote`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline promote", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--candidates",
+        default=f"{ALIAS_CHALLENGER},{ALIAS_QUANTIZED}",
+        help="comma-separated aliases to consider (default %(default)s)",
+    )
+    parser.add_argument("--min-r2", type=float, default=MIN_R2, help="lowest test R² (default %(default)s)")
+    parser.add_argument(
+        "--max-r2-drop", type=float, default=MAX_R2_DROP, help="allowed drop from the champion (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quantized-tolerance",
+        type=float,
+        default=QUANTIZED_TOLERANCE,
+        help="how far the quantized model may trail and still win (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rollback",
+        type=cli.parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="swap champion and previous-champion back instead of promoting",
+    )
+    cli.add_experiment_flag(parser)
+    return parser
+
+
+def report(result: PromoteResult) -> None:
+    """Prints the decision for people reading a terminal or a CI log."""
+    for candidate in result.candidates:
+        print(f"  {candidate.describe()}")
+    verb = "is now" if result.changed else "stays"
+    print(f"champion {verb} {MODEL_NAME} v{result.champion}: {result.reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the step from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.rollback:
+        return cli.run(lambda: rollback(args.experiment_name), report=report)
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    return cli.run(
+        lambda: promote(candidates, args.min_r2, args.max_r2_drop, args.quantized_tolerance, args.experiment_name),
+        report=report,
+    )
