@@ -38,3 +38,24 @@ def residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def coefficients_float_vs_quantized(
+    features: list[str], standardized: np.ndarray, dequantized: np.ndarray, bits: int
+) -> Figure:
+    """Per-feature standardized coefficients (w·σ) of the float model next to the quantized ones.
+
+    Standardized, so every feature is on one scale: the effect of a one-std change, in 100k$.
+    """
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot()
+    positions = np.arange(len(features))
+    ax.bar(positions - 0.2, standardized, width=0.4, color="tab:blue", label="float64")
+    ax.bar(positions + 0.2, dequantized, width=0.4, color="tab:orange", label=f"int{bits} (dequantized)")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(positions, features, rotation=30, ha="right")
+    ax.set_ylabel("coefficient × feature std (100k$)")
+    ax.set_title(f"Coefficients: float vs int{bits}, largest gap {np.max(np.abs(standardized - dequantized)):.4f}")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -122,10 +122,10 @@ def choose(candidates: Sequence[Candidate], quantized_tolerance: float) -> tuple
         best_quantized = max(quantized, key=lambda c: c.metrics["test_r2"])
         gap = best_float.metrics["test_r2"] - best_quantized.metrics["test_r2"]
         if gap <= quantized_tolerance:
+            standing = f"scores {-gap:.6f} test R² above" if gap < 0 else f"is within {quantized_tolerance} test R² of"
             return best_quantized, (
-                f"{best_quantized.label} v{best_quantized.version.version} is quantized and within "
-                f"{quantized_tolerance} test R² of {best_float.label} v{best_float.version.version} "
-                f"(gap {gap:.6f}); smaller and cheaper to serve"
+                f"{best_quantized.label} v{best_quantized.version.version} is quantized and {standing} "
+                f"{best_float.label} v{best_float.version.version} (gap {gap:.6f}); smaller and cheaper to serve"
             )
         if best is best_float:
             return best, (
@@ -177,7 +177,7 @@ def promote(
     with tracking.step_run(
         "promote", run_name="promote", description="Promotion gate", experiment_name=experiment_name
     ) as run:
-        mlflow.log_params(
+        tracking.log_params(
             {
                 "candidates": ",".join(f"{label}=v{v.version}" for label, v in versions.items()),
                 "min_r2": min_r2,

@@ -58,11 +58,25 @@ def check_artifact_root(artifact_location: str, experiment_name: str) -> None:
     if artifact_location.startswith("mlflow-artifacts:") and not uri.startswith(("http://", "https://")):
         raise PipelineError(
             f"experiment {experiment_name!r} stores its artifacts at {artifact_location} (it was "
-            f"created by 'mlflow server' or 'mlflow ui'), which only a tracking server can reach, "
-            f"but the tracking URI is {uri}. Either start that server and set "
-            f"MLFLOW_TRACKING_URI=http://127.0.0.1:5000, or use another experiment name "
-            f"(--experiment-name) so this store creates one with a local artifact root."
+            f"created through 'mlflow server' or 'mlflow ui'; mlflow issue #7819), which only a "
+            f"tracking server can reach, but the tracking URI is {uri}; nothing was logged. "
+            f"{_server_fix(uri)}, or pass --experiment-name NEW to log to a new experiment of this file."
         )
+
+
+def _server_fix(uri: str) -> str:
+    """How to log through a server over the database `uri`, as exact as the store allows."""
+    # A tracking directory made by pipeline.store keeps its artifacts in artifacts/ beside the database.
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if database is not None and (database.parent / "artifacts").is_dir():
+        return (
+            f"Log through a server over it: prefix your command with "
+            f"'python -m pipeline.store --dir {database.parent} --'"
+        )
+    return (
+        "Log through the server that created it: start 'mlflow server --backend-store-uri URI "
+        "--artifacts-destination ITS_ARTIFACTS_FOLDER' and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
+    )
 
 
 @contextmanager
@@ -122,6 +136,17 @@ def _check_cli_experiment(run: mlflow.ActiveRun, experiment_name: str) -> None:
             experiment.name,
             experiment_name,
         )
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Logs the params the active run does not have yet.
+
+    `mlflow run` logs an entry point's parameters itself, as the command line spelled them
+    (`0.20`, `''`); MLflow refuses to log a key again with another spelling.
+    """
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
 
 
 def git_commit() -> str | None:
@@ -190,6 +215,11 @@ def log_split(split: data_mod.Split, dataset: data_mod.Dataset, test_size: float
         "train_index": split.train_index,
         "test_index": split.test_index,
     }
+    log_split_record(record)
+
+
+def log_split_record(record: dict[str, Any]) -> None:
+    """Logs a split record (as `load_split` returns it) to the active run, e.g. to pass it on."""
     mlflow.log_dict(record, SPLIT_ARTIFACT)
 
 
@@ -218,10 +248,15 @@ def load_split(run_id: str) -> tuple[data_mod.Split, dict[str, Any]]:
 def model_file_bytes(model_info: ModelInfo, filename: str) -> int:
     """Size of one file of a logged model (the serialized weights), as stored.
 
+    Args:
+        model_info: The logged model.
+        filename: The file's path inside the model: `model.skops`, `artifacts/params.json`.
+
     Raises:
         PipelineError: The logged model has no such file.
     """
-    for artifact in MlflowClient().list_logged_model_artifacts(model_info.model_id):
-        if artifact.path.rsplit("/", 1)[-1] == filename:
+    folder, _, name = filename.rpartition("/")
+    for artifact in MlflowClient().list_logged_model_artifacts(model_info.model_id, folder or None):
+        if artifact.path.rsplit("/", 1)[-1] == name:
             return int(artifact.file_size)
     raise PipelineError(f"logged model {model_info.model_uri} has no file {filename!r}")

@@ -105,7 +105,7 @@ def train(
         f"test R² {metrics['test_r2']:.4f} on {len(split.X_test)} held-out rows."
     )
     with tracking.step_run("train", run_name="train", description=description, experiment_name=experiment_name) as run:
-        mlflow.log_params(
+        tracking.log_params(
             {
                 "test_size": test_size,
                 "random_state": random_state,

@@ -101,21 +101,17 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> S
 def pipeline_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Store:
     """A store where the whole pipeline ran once on the default split (read-only).
 
-    Float model version 1 is `challenger`; the alias `champion` points at the promoted one.
+    Version 1 is the float model (`challenger`), version 2 its int8 quantization
+    (`quantized`), and the promotion gate made version 2 the `champion`.
     """
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.config import ALIAS_CHAMPION, MODEL_NAME
-    from pipeline.train import train
+    from pipeline.main import run_pipeline
 
     store = Store(tmp_path_factory.mktemp("pipeline-store"))
     shutil.copy(empty_db, store.root / "mlflow.db")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     activate(store)
     try:
-        result = train()
-        # Until the promote step exists, the float model is the champion.
-        MlflowClient().set_registered_model_alias(MODEL_NAME, ALIAS_CHAMPION, result.version)
+        run_pipeline()
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -132,6 +128,34 @@ def pipeline_done(pipeline_store: Store) -> Iterator[str]:
 def trained(trained_store: Store) -> Iterator[str]:
     """Makes the (read-only) trained store active for one test; yields its URI."""
     yield from _activated(trained_store)
+
+
+@pytest.fixture(scope="session")
+def quantized_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Store:
+    """A store where `train` and then `quantize(bits=8)` ran once: version 1 is `challenger`,
+    version 2 `quantized` (read-only)."""
+    from pipeline.quantize import quantize
+    from pipeline.train import train
+
+    store = Store(tmp_path_factory.mktemp("quantized-store"))
+    shutil.copy(empty_db, store.root / "mlflow.db")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    activate(store)
+    try:
+        train()
+        quantize(bits=8)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return store
+
+
+@pytest.fixture
+def quantized(quantized_store: Store) -> Iterator[str]:
+    """Makes the (read-only) quantized store active for one test; yields its URI."""
+    yield from _activated(quantized_store)
 
 
 @pytest.fixture
@@ -155,6 +179,50 @@ def clone_store(tmp_path: Path):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def scoring_store(pipeline_store: Store, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """A private copy of `pipeline_store` for steps that log runs but move no alias (predict).
+
+    Artifacts stay where the original logged them, so the copy loads the same models.
+    """
+    store = Store(tmp_path_factory.mktemp("scoring-store"))
+    shutil.copy(pipeline_store.root / "mlflow.db", store.root / "mlflow.db")
+    return store
+
+
+@pytest.fixture
+def scoring(scoring_store: Store) -> Iterator[str]:
+    """Makes the scoring store active for one test; yields its URI."""
+    yield from _activated(scoring_store)
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """What `housing-mlops-container run` left: its tracking directory and its standard output."""
+
+    root: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def container_run(tmp_path_factory: pytest.TempPathFactory) -> ContainerRun:
+    """The container's default command, run once into a fresh tracking directory (read-only).
+
+    Everything was logged through a local tracking server, so the directory can move; a test
+    that moves it puts it back.
+    """
+    import subprocess
+
+    root = tmp_path_factory.mktemp("container") / "tracking"
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    script = Path(sys.executable).parent / "housing-mlops-container"
+    result = subprocess.run(
+        [str(script), "--tracking-dir", str(root), "run"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ContainerRun(root, result.stdout)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,13 @@ def candidate(label: str, r2: float, quantized: bool = False, failures: tuple[st
 def test_quantized_wins_within_tolerance() -> None:
     winner, reason = choose([candidate("float", 0.5758), candidate("int8", 0.5752, quantized=True)], 0.001)
     assert winner.label == "int8"
-    assert "within 0.001" in reason and "gap 0.000600" in reason
+    assert "is within 0.001 test R² of float" in reason and "gap 0.000600" in reason
+
+
+def test_quantized_that_scores_higher_is_said_to() -> None:
+    winner, reason = choose([candidate("float", 0.575788), candidate("int8", 0.576001, quantized=True)], 0.001)
+    assert winner.label == "int8"
+    assert "scores 0.000213 test R² above float" in reason
 
 
 def test_float_wins_when_quantized_trails_beyond_tolerance() -> None:

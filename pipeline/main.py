@@ -1,0 +1,133 @@
+"""The `main` entry point, the default of `mlflow run .`: train → quantize → promote.
+
+One parent run with the steps as nested child runs (`train`, `quantize-int<bits>`, `promote`),
+all in this one process: a Python start with MLflow imported costs about 4 s here, so a process
+per step would add ~8 s to every pipeline and buy nothing (the steps share no state but the
+tracking store). Each step gets the exact versions the previous one made, never an alias, so
+pipelines running at the same time cannot pick up each other's models.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import mlflow
+
+from pipeline import cli, tracking
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, EXPERIMENT_NAME, MODEL_NAME, RANDOM_STATE, TEST_SIZE
+from pipeline.promote import MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, PromoteResult, promote
+from pipeline.promote import report as report_promotion
+from pipeline.quantize import QuantizeResult, quantize
+from pipeline.train import TrainResult, train
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """The parent run and what each step produced."""
+
+    run_id: str
+    train: TrainResult
+    quantize: QuantizeResult
+    promote: PromoteResult
+
+
+def run_pipeline(
+    data_path: str | None = None,
+    test_size: float = TEST_SIZE,
+    random_state: int = RANDOM_STATE,
+    bits: int = 8,
+    min_r2: float = MIN_R2,
+    max_r2_drop: float = MAX_R2_DROP,
+    quantized_tolerance: float = QUANTIZED_TOLERANCE,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> PipelineResult:
+    """Trains, quantizes and promotes, as one parent run with three nested child runs.
+
+    Args:
+        data_path: A CSV with the 8 features and MedHouseVal, or None for scikit-learn's data.
+        test_size: Share of rows held out for evaluation.
+        random_state: Seed of the split.
+        bits: Bit width of the quantized model (2–8).
+        min_r2: Promotion gate: lowest test R².
+        max_r2_drop: Promotion gate: allowed drop from the current champion.
+        quantized_tolerance: How far the quantized model may trail the float one and still win.
+        experiment_name: Experiment for a parent run started outside `mlflow run`.
+
+    Raises:
+        DataError: The data cannot be used (nothing is logged beyond the failed parent run).
+        RejectedError: No candidate passed the gate (exit code 3); `champion` is untouched.
+    """
+    description = f"Pipeline: train → quantize (int{bits}) → promote, on {data_path or 'scikit-learn data'}"
+    with tracking.step_run(
+        "main", run_name="pipeline", description=description, experiment_name=experiment_name
+    ) as run:
+        tracking.log_params(
+            {
+                "data": data_path or "",
+                "test_size": test_size,
+                "random_state": random_state,
+                "bits": bits,
+                "min_r2": min_r2,
+                "max_r2_drop": max_r2_drop,
+                "quantized_tolerance": quantized_tolerance,
+            }
+        )
+        trained = train(data_path, test_size, random_state, experiment_name)
+        quantized = quantize(trained.model_uri, bits=bits, experiment_name=experiment_name)
+        promoted = promote(
+            {ALIAS_CHALLENGER: trained.model_uri, ALIAS_QUANTIZED: quantized.model_uri},
+            min_r2=min_r2,
+            max_r2_drop=max_r2_drop,
+            quantized_tolerance=quantized_tolerance,
+            experiment_name=experiment_name,
+        )
+        mlflow.set_tag("champion_version", promoted.champion)
+        mlflow.log_metrics({"champion_version": float(promoted.champion)})
+    return PipelineResult(run.info.run_id, trained, quantized, promoted)
+
+
+def report(result: PipelineResult) -> None:
+    """Prints what each step did."""
+    t, q = result.train, result.quantize
+    print(f"train:    {t.model_uri} test R² {t.metrics['test_r2']:.4f}, test MSE {t.metrics['test_mse']:.4f}")
+    print(f"quantize: {q.model_uri} test R² {q.metrics['test_r2']:.4f} (r2_delta {q.metrics['r2_delta']:+.6f})")
+    print("promote:")
+    report_promotion(result.promote)
+    print(f"serve it: mlflow models serve -m models:/{MODEL_NAME}@champion --env-manager local")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline main`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline main", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's)")
+    parser.add_argument("--test-size", type=float, default=TEST_SIZE, help="held-out share (default %(default)s)")
+    parser.add_argument("--random-state", type=int, default=RANDOM_STATE, help="split seed (default %(default)s)")
+    parser.add_argument("--bits", type=int, default=8, help="bit width of the quantized model (default %(default)s)")
+    parser.add_argument("--min-r2", type=float, default=MIN_R2, help="gate: lowest test R² (default %(default)s)")
+    parser.add_argument(
+        "--max-r2-drop", type=float, default=MAX_R2_DROP, help="gate: drop allowed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quantized-tolerance", type=float, default=QUANTIZED_TOLERANCE, help="policy (default %(default)s)"
+    )
+    cli.add_experiment_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the whole pipeline from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return cli.run(
+        lambda: run_pipeline(
+            args.data or None,
+            args.test_size,
+            args.random_state,
+            args.bits,
+            args.min_r2,
+            args.max_r2_drop,
+            args.quantized_tolerance,
+            args.experiment_name,
+        ),
+        report=report,
+    )

@@ -1,0 +1,159 @@
+"""The quantized linear model as MLflow serves it: parameters, prediction, error bound.
+
+This file is logged as the model's code ("models from code"): MLflow copies it into every
+quantized model and executes it when the model loads, in any process, with or without this
+package installed. So it imports nothing but numpy, pandas and mlflow. The parameters live in
+a JSON file next to it (no pickle). How the parameters are chosen is `pipeline.quantization`.
+
+Prediction, with z_i = (x_i − μ_i)/σ_i the standardized features:
+
+    ŷ(x) = c + s · Σ_i q_i · z_i
+
+q_i are signed `bits`-bit integers, s is one float32 scale for the whole weight vector, μ_i and
+σ_i are the training data's mean and standard deviation, c is a float32 intercept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+# The artifact key and file name of the parameters inside a logged model.
+PARAMS_KEY = "params"
+PARAMS_FILE = "quantized_linear.json"
+FORMAT = "housing-mlops/quantized-linear/1"
+
+
+@dataclass(frozen=True)
+class QuantizedLinear:
+    """The stored parameters of a quantized linear model.
+
+    Attributes:
+        features: Input column names, in the order of the weights.
+        bits: Bit width of the integer weights.
+        weights: The integers q_i, each in [−(2^(bits−1) − 1), 2^(bits−1) − 1].
+        scale: s, float32.
+        mean: μ_i, float16 (or float32 where float16 cannot hold them).
+        std: σ_i, same dtype rule; positive.
+        intercept: c, float32.
+    """
+
+    features: tuple[str, ...]
+    bits: int
+    weights: np.ndarray
+    scale: np.float32
+    mean: np.ndarray
+    std: np.ndarray
+    intercept: np.float32
+
+    @property
+    def standardized_weights(self) -> np.ndarray:
+        """The dequantized weights in standardized units, s·q_i."""
+        return np.float64(self.scale) * self.weights.astype(np.float64)
+
+    @property
+    def coefficients(self) -> np.ndarray:
+        """The equivalent weights on raw features, s·q_i/σ_i."""
+        return self.standardized_weights / self.std.astype(np.float64)
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of every stored number: the weights packed at `bits` bits, scale, μ, σ, intercept."""
+        packed_weights = -(-self.weights.size * self.bits // 8)
+        return packed_weights + self.scale.nbytes + self.mean.nbytes + self.std.nbytes + self.intercept.nbytes
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        """z = (x − μ)/σ for rows of raw features (float64)."""
+        return (np.asarray(X, dtype=np.float64) - self.mean.astype(np.float64)) / self.std.astype(np.float64)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """ŷ for rows of raw features in `features` order (float64)."""
+        return np.float64(self.intercept) + self.standardize(X) @ self.standardized_weights
+
+    def error_bound(self, X: np.ndarray) -> np.ndarray:
+        """Per row, how far ŷ can be from the float model it was quantized from, at most.
+
+        |Δy(x)| ≤ (s/2)·Σ_i (|x_i − μ_i| + δμ_i)/σ_i + δc, where δμ_i and δc are half the spacing
+        of the stored μ_i and c in their dtypes: the largest rounding of the training mean and
+        of the intercept when they were stored (see `pipeline.quantization`).
+        """
+        mean = self.mean.astype(np.float64)
+        mean_rounding = np.spacing(np.abs(self.mean)).astype(np.float64) / 2
+        intercept_rounding = float(np.spacing(np.abs(self.intercept))) / 2
+        distance = (np.abs(np.asarray(X, dtype=np.float64) - mean) + mean_rounding) / self.std.astype(np.float64)
+        return float(self.scale) / 2 * distance.sum(axis=1) + intercept_rounding
+
+    def to_json(self) -> str:
+        """The parameters as JSON; each number written so that it reads back bit for bit."""
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "features": list(self.features),
+                "bits": self.bits,
+                "weights": [int(q) for q in self.weights],
+                "scale": _exact(self.scale),
+                "mean": [_exact(m) for m in self.mean],
+                "mean_dtype": self.mean.dtype.name,
+                "std": [_exact(s) for s in self.std],
+                "std_dtype": self.std.dtype.name,
+                "intercept": _exact(self.intercept),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantizedLinear:
+        """Reads what `to_json` wrote."""
+        params = json.loads(text)
+        if params.get("format") != FORMAT:
+            raise ValueError(f"not a quantized linear model (format {params.get('format')!r}, expected {FORMAT!r})")
+        return cls(
+            features=tuple(params["features"]),
+            bits=int(params["bits"]),
+            weights=np.asarray(params["weights"], dtype=np.int8),
+            scale=np.float32(params["scale"]),
+            mean=np.asarray(params["mean"], dtype=params["mean_dtype"]),
+            std=np.asarray(params["std"], dtype=params["std_dtype"]),
+            intercept=np.float32(params["intercept"]),
+        )
+
+
+def _exact(value: np.floating) -> float:
+    # The shortest decimal that rounds back to the same value in its own dtype, so a float16
+    # is written as 35.62, not as the float64 expansion 35.625 or 35.6171875.
+    return float(np.format_float_positional(value, unique=True, trim="-"))
+
+
+class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc model: a DataFrame with the feature columns in, a 1-D float64 array out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        with open(context.artifacts[PARAMS_KEY], encoding="utf-8") as handle:
+            self.params = QuantizedLinear.from_json(handle.read())
+
+    def _features(self, model_input: Any) -> np.ndarray:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        missing = [name for name in self.params.features if name not in frame.columns]
+        if missing:
+            raise ValueError(f"input lacks column(s) {', '.join(missing)}")
+        # By name, so any column order works.
+        return frame[list(self.params.features)].to_numpy(dtype=np.float64)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        return self.params.predict(self._features(model_input))
+
+    def error_bound(self, model_input: pd.DataFrame) -> np.ndarray:
+        """Per row, the most the prediction can differ from the float model's (see `QuantizedLinear`)."""
+        return self.params.error_bound(self._features(model_input))
+
+
+mlflow.models.set_model(QuantizedLinearModel())
