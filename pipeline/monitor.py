@@ -1,0 +1,325 @@
+"""The `monitor` step: has a batch of new rows drifted away from what the model was trained on?
+
+Every feature and the model's prediction are compared with the reference (by default the
+champion's training rows) by `pipeline.drift`; when the batch carries MedHouseVal, its R² and
+MSE are set next to the ones the model's run recorded. The run logs per-column metrics, a
+summary table and `drift/report.png` (reference vs batch histograms). With `fail_on_drift`,
+drift ends the command with exit code 3 after the run is logged, for cron and CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from pipeline import cli, data, drift, registry, tracking
+from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES
+from pipeline.errors import DataError, PipelineError, RejectedError
+from pipeline.metrics import regression_metrics
+
+log = logging.getLogger(__name__)
+
+MIN_BATCH = 200
+PREDICTION = "prediction"
+COLUMNS = (*FEATURES, PREDICTION)
+REPORT_ARTIFACT = "drift/report.png"
+SUMMARY_ARTIFACT = "drift/summary.csv"
+# Histogram x-range: these quantiles of reference and batch together, so one extreme block
+# (AveOccup reaches 1,243) does not squeeze the bulk into a single bar.
+_PLOT_QUANTILES = (0.005, 0.995)
+_MAX_INTEGER_BARS = 80
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """What a monitor run found.
+
+    Attributes:
+        run_id: The MLflow run that recorded it.
+        n_rows: Rows in the batch.
+        drift_detected: Any feature or the prediction drifted.
+        drifted_features: The features that drifted, in `config.FEATURES` order.
+        prediction_drift: The model's predictions drifted.
+        findings: One line: "No drift", or which columns drifted.
+        metrics: Every metric the run logged.
+    """
+
+    run_id: str
+    n_rows: int
+    drift_detected: bool
+    drifted_features: list[str]
+    prediction_drift: bool
+    findings: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Reference:
+    X: pd.DataFrame
+    description: str
+
+
+def monitor(
+    batch_path: str,
+    reference_path: str | None = None,
+    model_uri: str = CHAMPION_URI,
+    fail_on_drift: bool = False,
+    min_batch: int = MIN_BATCH,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> MonitorResult:
+    """Tests a batch for drift against the reference and logs the result as a run.
+
+    Everything is read and checked before the run starts: a refused batch logs nothing.
+
+    Args:
+        batch_path: CSV with the 8 features, MedHouseVal optional.
+        reference_path: CSV of reference rows, or None for the rows that trained the model
+            (recorded by its run in `split.json`).
+        model_uri: The model whose predictions are compared; a `models:/` URI or any URI
+            MLflow loads (then `reference_path` is needed unless its run recorded a split).
+        fail_on_drift: Raise `RejectedError` (exit code 3) when drift is found, after logging.
+        min_batch: Fewest rows accepted in the batch (and the reference).
+        experiment_name: Experiment for runs started outside `mlflow run`.
+
+    Returns:
+        The decisions and the logged metrics.
+
+    Raises:
+        DataError: The batch or reference file is unusable, or has fewer than `min_batch` rows.
+        PipelineError: Bad arguments, or no reference can be found.
+        RejectedError: `fail_on_drift` and drift was found; the run is logged first.
+    """
+    if min_batch < 1:
+        raise PipelineError(f"min_batch must be a positive number of rows, got {min_batch}")
+    if not batch_path:
+        raise PipelineError("no batch given: pass --batch FILE.csv (the 8 features, MedHouseVal optional)")
+    batch = data.load(batch_path, target=data.TARGET_OPTIONAL)
+    _check_size(batch.source, "batch", len(batch.X), min_batch)
+    version = registry.resolve(model_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}" if version else model_uri)
+    run_id = version.run_id if version else model.metadata.run_id
+    reference = _load_reference(reference_path, run_id, model_uri)
+    _check_size(reference.description, "reference", len(reference.X), min_batch)
+
+    batch_pred = _predict(model, batch.X)
+    # The prediction is a ninth column, tested in the same family as the features.
+    ref_columns = np.column_stack([reference.X.to_numpy(), _predict(model, reference.X)])
+    batch_columns = np.column_stack([batch.X.to_numpy(), batch_pred])
+    result = drift.detect(ref_columns, batch_columns)
+    drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))
+    drifted_features = [f for f in FEATURES if drifted[f]]
+    drifted_columns = _drifted_columns(drifted_features, drifted[PREDICTION])
+    findings = f"Drift in {drifted_columns}" if drifted_columns else "No drift"
+    metrics = _drift_metrics(result, drifted_features, drifted[PREDICTION])
+    if batch.y is not None:
+        metrics.update(_performance(batch.y.to_numpy(), batch_pred, run_id))
+    version_text = f"version {version.version}" if version else "no registered version"
+    what = f"{len(batch.X)} rows of {Path(batch.source).name}, {model_uri} ({version_text})"
+    description = (
+        f"{findings}: {what}, against the {reference.description}; "
+        f"{len(drifted_features)} of {len(FEATURES)} features drifted."
+    )
+
+    with tracking.step_run("monitor", "monitor", description, experiment_name) as run:
+        # Under `mlflow run` the entry point's own parameters are already logged as spelled.
+        tracking.log_params(
+            {
+                "batch": batch.source,
+                "batch_digest": batch.digest,
+                "n_batch": len(batch.X),
+                "reference_source": reference.description,
+                "n_reference": len(reference.X),
+                "model_uri": model_uri,
+                "model_version": version.version if version else "",
+                "fail_on_drift": str(fail_on_drift).lower(),
+                "min_batch": min_batch,
+                "alpha": drift.ALPHA,
+                "n_bootstrap": drift.N_BOOTSTRAP,
+                "bootstrap_seed": drift.SEED,
+            }
+        )
+        frame = batch.X if batch.y is None else batch.X.assign(**{batch.y.name: batch.y})
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                frame, source=tracking.dataset_source(batch.source), name="monitored-batch", digest=batch.digest
+            ),
+            context="monitoring",
+        )
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(summary_table(result).to_csv(index=False), SUMMARY_ARTIFACT)
+        title = f"{findings}: {what}\nagainst the {reference.description}"
+        mlflow.log_figure(report_figure(ref_columns, batch_columns, result, title), REPORT_ARTIFACT)
+    log.info("%s", description)
+    if fail_on_drift and metrics["drift_detected"]:
+        raise RejectedError(
+            f"{batch.source}: drift in {drifted_columns}; see {REPORT_ARTIFACT} of run {run.info.run_id}"
+        )
+    return MonitorResult(
+        run_id=run.info.run_id,
+        n_rows=len(batch.X),
+        drift_detected=bool(metrics["drift_detected"]),
+        drifted_features=drifted_features,
+        prediction_drift=drifted[PREDICTION],
+        findings=findings,
+        metrics=metrics,
+    )
+
+
+def _check_size(origin: str, what: str, n_rows: int, min_batch: int) -> None:
+    if n_rows < min_batch:
+        raise DataError(
+            f"{origin}: the {what} has {n_rows} rows, fewer than min_batch={min_batch}; drift statistics "
+            f"on so few rows are mostly noise (lower --min-batch to accept it anyway)"
+        )
+
+
+def _load_reference(reference_path: str | None, run_id: str | None, model_uri: str) -> _Reference:
+    """The reference rows: a CSV, or the training rows the model's run recorded."""
+    if reference_path:
+        dataset = data.load(reference_path, target=data.TARGET_OPTIONAL)
+        return _Reference(dataset.X, dataset.source)
+    if not run_id:
+        raise PipelineError(f"{model_uri} was not logged by a run, so it has no training data; pass --reference")
+    split, record = tracking.load_split(run_id)
+    return _Reference(
+        split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
+    )
+
+
+def _predict(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
+    return np.asarray(model.predict(X), dtype="float64").ravel()
+
+
+def _drift_metrics(result: drift.DriftResult, drifted_features: list[str], prediction_drift: bool) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for j, column in enumerate(COLUMNS):
+        metrics[f"drift_{column}_ks_p"] = float(result.ks_p[j])
+        metrics[f"drift_{column}_wasserstein"] = float(result.wasserstein[j])
+        metrics[f"drift_{column}_psi"] = float(result.psi[j])
+    metrics["drifted_feature_count"] = float(len(drifted_features))
+    metrics["prediction_drift"] = float(prediction_drift)
+    metrics["drift_detected"] = float(bool(drifted_features) or prediction_drift)
+    return metrics
+
+
+def _performance(y_true: np.ndarray, y_pred: np.ndarray, run_id: str | None) -> dict[str, float]:
+    """The batch's test metrics, and how far R² fell from the model's recorded test R²."""
+    metrics = regression_metrics(y_true, y_pred)
+    recorded = MlflowClient().get_run(run_id).data.metrics if run_id else {}
+    if "test_r2" in recorded and "test_mse" in recorded:
+        metrics["model_test_r2"] = recorded["test_r2"]
+        metrics["model_test_mse"] = recorded["test_mse"]
+        metrics["r2_drop"] = recorded["test_r2"] - metrics["test_r2"]
+    return metrics
+
+
+def summary_table(result: drift.DriftResult) -> pd.DataFrame:
+    """One row per column: the statistics, what each is compared with, and the decision."""
+    thresholds = result.thresholds
+    return pd.DataFrame(
+        {
+            "column": list(COLUMNS),
+            "ks_p": result.ks_p,
+            "ks_alpha": thresholds.alpha_per_column,
+            "wasserstein": result.wasserstein,
+            "wasserstein_threshold": thresholds.wasserstein,
+            "psi": result.psi,
+            "psi_threshold": thresholds.psi,
+            "drifted": result.drifted,
+        }
+    )
+
+
+def report_figure(reference: np.ndarray, batch: np.ndarray, result: drift.DriftResult, title: str) -> Figure:
+    """Reference vs batch histograms of every column, with its statistics; drifted ones in red."""
+    fig = Figure(figsize=(13, 11))
+    axes = fig.subplots(3, 3).ravel()
+    for j, (ax, column) in enumerate(zip(axes, COLUMNS, strict=True)):
+        bins = _histogram_bins(np.concatenate([reference[:, j], batch[:, j]]))
+        ax.hist(reference[:, j], bins=bins, density=True, histtype="stepfilled", color="tab:blue", alpha=0.45)
+        ax.hist(batch[:, j], bins=bins, density=True, histtype="step", color="black", linewidth=1.4)
+        color = "tab:red" if result.drifted[j] else "black"
+        verdict = "DRIFT" if result.drifted[j] else "no drift"
+        ax.set_title(f"{column}: {verdict}", color=color, fontweight="bold" if result.drifted[j] else "normal")
+        ax.text(
+            0.98,
+            0.97,
+            f"KS p {result.ks_p[j]:.2g} (α {result.thresholds.alpha_per_column:.2g})\n"
+            f"W {result.wasserstein[j]:.3f}σ (limit {result.thresholds.wasserstein[j]:.3f})\n"
+            f"PSI {result.psi[j]:.3f} (limit {result.thresholds.psi[j]:.3f})",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": color},
+        )
+        ax.set_yticks([])
+    axes[0].legend(["reference", "batch"], loc="upper left", fontsize=8)
+    fig.suptitle(
+        f"{title}\nDrift = KS significant and W (Wasserstein, in reference std) or PSI above its limit for "
+        f"this batch size. Histograms span the 0.5–99.5 % range of reference and batch together.",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _histogram_bins(values: np.ndarray) -> np.ndarray:
+    low, high = np.quantile(values, _PLOT_QUANTILES)
+    # Integer columns (HouseAge) get one bar per value; other bins would hold one or two values
+    # by turns and draw a comb.
+    if np.array_equal(values, np.round(values)) and high - low <= _MAX_INTEGER_BARS:
+        return np.arange(low - 0.5, high + 1.5)
+    if low == high:
+        return np.array([low - 0.5, high + 0.5])
+    return np.linspace(low, high, 41)
+
+
+def _drifted_columns(drifted_features: list[str], prediction_drift: bool) -> str:
+    """ "feature(s) A, B and the prediction", or "" when nothing drifted."""
+    parts = [f"feature(s) {', '.join(drifted_features)}"] if drifted_features else []
+    if prediction_drift:
+        parts.append("the prediction")
+    return " and ".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline monitor`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline monitor", description=__doc__)
+    parser.add_argument("--batch", required=True, help="CSV of new rows: the 8 features, MedHouseVal optional")
+    parser.add_argument(
+        "--reference", default="", help="CSV of reference rows (default: the rows that trained the model)"
+    )
+    parser.add_argument("--model-uri", default=CHAMPION_URI, help="model to monitor (default %(default)s)")
+    parser.add_argument(
+        "--fail-on-drift",
+        type=cli.parse_bool,
+        default=False,
+        help="exit with code 3 when drift is found, after logging the run (default false)",
+    )
+    parser.add_argument(
+        "--min-batch", type=int, default=MIN_BATCH, help="fewest rows accepted in a batch (default %(default)s)"
+    )
+    cli.add_experiment_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the step from the command line; returns the exit code (3: drift and --fail-on-drift)."""
+    args = build_parser().parse_args(argv)
+    return cli.run(
+        lambda: monitor(
+            args.batch, args.reference or None, args.model_uri, args.fail_on_drift, args.min_batch, args.experiment_name
+        ),
+        report=lambda result: print(
+            f"{result.findings} in {result.n_rows} rows (run {result.run_id}, {REPORT_ARTIFACT})"
+        ),
+    )
