@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import fetch_california_housing
+from sklearn.datasets import fetch_california_housing, get_data_home
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import FEATURES, MIN_ROWS, SKLEARN_SOURCE, TARGET
@@ -66,8 +66,19 @@ class Split:
 
 
 def load_california() -> Dataset:
-    """Loads scikit-learn's California Housing data (downloads it once, then cached)."""
-    bunch = fetch_california_housing(as_frame=True)
+    """Loads scikit-learn's California Housing data (downloads it once, then cached).
+
+    Raises:
+        DataError: It is neither cached nor downloadable; the message says where it looked.
+    """
+    try:
+        bunch = fetch_california_housing(as_frame=True)
+    except OSError as err:  # URLError and socket errors are OSErrors
+        raise DataError(
+            f"cannot load the California Housing data set: not cached in {get_data_home()} and the "
+            f"download failed ({err}); connect to the internet once, or set SCIKIT_LEARN_DATA to a "
+            "folder holding scikit-learn's cal_housing_py3.pkz"
+        ) from None
     frame = bunch.frame
     return Dataset(X=frame[list(FEATURES)].astype("float64"), y=frame[TARGET], source=SKLEARN_SOURCE)
 

@@ -7,14 +7,18 @@ Why not the raw weights. y = b + Σ w_i x_i with b = −37.02 while w·x contrib
 1. Standardize with the training data's mean μ_i and standard deviation σ_i (stored as float16
    when float16 holds them, else float32; constant features get σ_i = 1):
    v_i = w_i·σ_i is the effect of one standard deviation of feature i; all are comparable.
-2. One scale for the whole vector, symmetric round to nearest, qmax = 2^(bits−1) − 1:
-   q_i = round(v_i/s), so |s·q_i − v_i| ≤ s/2 for every weight. s is the smallest scale that
-   clips nothing, s0 = max_i |v_i|/qmax, or a larger one if it fits the float model better:
-   s minimizes the mean squared difference from the float model's predictions on the
-   training rows, (s·q(s) − v)ᵀ C (s·q(s) − v) with C the covariance of the standardized
-   training features, searched exactly over s0 ≤ s ≤ 2·s0 (q(s) is constant between the
-   points where some v_i/s is a half-integer, and the objective is quadratic in s there;
-   beyond 2·s0 the largest weight would use half the levels, a bit wasted).
+2. One scale for the whole vector and adaptive rounding, qmax = 2^(bits−1) − 1: each q_i is
+   floor(v_i/s) or ceil(v_i/s), whichever of the 2^8 combinations, jointly with s, best
+   reproduces the float model: it minimizes the mean squared difference from the float
+   model's predictions on the training rows, (s·q − v)ᵀ C (s·q − v) with C the covariance of
+   the standardized training features, over s0 ≤ s ≤ 2·s0, s0 = max_i |v_i|/qmax the smallest
+   scale that clips nothing (beyond 2·s0 the largest weight would use half the levels, a bit
+   wasted). Exactly: between the breakpoints s = |v_i|/k (k a positive integer) every
+   floor(v_i/s) is constant, and for each combination q the objective is a parabola in s.
+   Rounding to nearest at any of these scales is one of the combinations, so the result is
+   never worse on that objective; rounding each weight alone to nearest is not optimal once
+   the features are correlated (Latitude and Longitude: −0.92). Every |s·q_i − v_i| ≤ s, and
+   the model stores ρ = max_i |s·q_i − v_i| (float32, rounded up), so |s·q_i − v_i| ≤ ρ ≤ s.
 3. Intercept (bias correction): the least-squares intercept given the quantized weights, i.e.
    the c that minimizes Σ_rows (f(x) − c − Σ_i s·q_i·z_i)² over the training rows, where f is the
    float model: c = mean(f) − Σ_i s·q_i·mean(z_i). For an ordinary-least-squares float model this
@@ -23,11 +27,11 @@ Why not the raw weights. y = b + Σ w_i x_i with b = −37.02 while w·x contrib
 Error bound. With μ the exact training mean, mean(f) = b + Σ_i w_i μ_i, so for every x
 
     ŷ(x) − f(x) = Σ_i (s·q_i − v_i)·(x_i − μ_i)/σ_i + (c_float32 − c)
-    |Δy(x)| ≤ (s/2)·Σ_i |x_i − μ_i|/σ_i + δc,
+    |Δy(x)| ≤ ρ·Σ_i |x_i − μ_i|/σ_i + δc,
 
 δc = half the float32 spacing at c. The stored μ̃_i is μ_i rounded to float16, off by at most
 δμ_i = half its spacing, so the bound the model computes from what it stores is
-(s/2)·Σ_i (|x_i − μ̃_i| + δμ_i)/σ_i + δc (`QuantizedLinear.error_bound`). It holds for any input,
+ρ·Σ_i (|x_i − μ̃_i| + δμ_i)/σ_i + δc (`QuantizedLinear.error_bound`). It holds for any input,
 not only on average; float64 arithmetic adds about 1e−14.
 """
 
@@ -58,14 +62,6 @@ def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def round_to_nearest(v: np.ndarray, scale: float, bits: int) -> np.ndarray:
-    """q = round(v/s), as int8. Every |q| ≤ qmax when s ≥ max|v|/qmax (checked)."""
-    q = np.rint(np.asarray(v, dtype=np.float64) / np.float64(scale))
-    if np.abs(q).max(initial=0) > qmax(bits):
-        raise ValueError(f"scale {scale} clips weights at {bits} bits")
-    return q.astype(np.int8)
-
-
 def compact(values: np.ndarray) -> np.ndarray:
     """`values` as float16 when float16 holds them (finite, and non-zero where they were), else float32."""
     values = np.asarray(values, dtype=np.float64)
@@ -82,43 +78,65 @@ def compact(values: np.ndarray) -> np.ndarray:
 def float32_at_least(value: float) -> np.float32:
     """The float32 nearest to `value`, moved up one step if it fell below it."""
     single = np.float32(value)
-    return single if single >= value else np.nextafter(single, np.float32(np.inf))
+    # Compared in float64: against a Python float, numpy would compare in float32.
+    return single if float(single) >= value else np.nextafter(single, np.float32(np.inf))
 
 
-def calibrated_scale(v: np.ndarray, cov: np.ndarray, bits: int) -> np.float32:
-    """The float32 scale in [s0, 2·s0] whose rounded weights best reproduce the float model.
+def adaptive_rounding(v: np.ndarray, cov: np.ndarray, bits: int) -> tuple[np.ndarray, np.float32]:
+    """The integers q and float32 scale s in [s0, 2·s0] that best reproduce the float model.
 
-    Minimizes (s·q(s) − v)ᵀ cov (s·q(s) − v), q(s) = round(v/s), exactly: on each interval
-    between breakpoints (s = |v_i|/(k + 1/2)) q is constant and the objective a parabola in s.
+    Minimizes (s·q − v)ᵀ cov (s·q − v) over every q_i ∈ {floor(v_i/s), ceil(v_i/s)} with
+    |q_i| ≤ qmax, exactly: on each interval between breakpoints (s = |v_i|/k) floor(v/s) is a
+    constant f, and for each of the 2^n combinations q = f + b, b ∈ {0, 1}^n, the objective is a
+    parabola in s. Each candidate is judged at the float32 scale actually stored; the first
+    best wins (intervals ascending, b lexicographic), so the result is deterministic.
 
     Args:
-        v: Standardized weights.
+        v: Standardized weights (n of them; 2^n combinations are tried per interval).
         cov: Covariance of the standardized training features.
         bits: Bit width.
+
+    Returns:
+        q as int8, and s.
     """
     v = np.asarray(v, dtype=np.float64)
     largest = float(np.abs(v).max(initial=0.0))
     if largest == 0.0:
-        return np.float32(1.0)  # every weight is 0 and stays 0 on any grid
-    low, high = largest / qmax(bits), MAX_SCALE_FACTOR * largest / qmax(bits)
+        return np.zeros(v.shape, dtype=np.int8), np.float32(1.0)  # 0 stays 0 on any grid
+    limit = qmax(bits)
+    low, high = largest / limit, MAX_SCALE_FACTOR * largest / limit
     breakpoints = [low, high]
     for magnitude in np.abs(v[v != 0]):
-        k = np.arange(np.floor(magnitude / high - 0.5), np.ceil(magnitude / low))
-        points = magnitude / (k + 0.5)
+        k = np.arange(max(1.0, np.floor(magnitude / high)), np.ceil(magnitude / low) + 1)
+        points = magnitude / k
         breakpoints.extend(points[(points > low) & (points < high)])
     edges = np.unique(breakpoints)
-    best_scale, best_error = float32_at_least(low), np.inf
-    for left, right in itertools.pairwise(edges):
-        q = np.rint(v / ((left + right) / 2))
-        curvature = q @ cov @ q
-        candidate = np.clip(q @ cov @ v / curvature, left, right) if curvature > 0 else left
-        scale = max(np.float32(candidate), float32_at_least(low))
-        # Judged at the scale actually stored, with the weights it actually rounds to.
-        error_vector = float(scale) * np.rint(v / float(scale)) - v
-        error = float(error_vector @ cov @ error_vector)
-        if error < best_error:
-            best_scale, best_error = scale, error
-    return best_scale
+    left, right = edges[:-1, None], edges[1:, None]
+    floor = np.floor(v / ((left + right) / 2))
+    combos = np.array(list(itertools.product((0.0, 1.0), repeat=v.size)))
+    # Axes (interval, combination, weight); q = floor + b. Products with cov are taken apart as
+    # f·cov and b·cov: small matrix products, then only elementwise work on the big arrays.
+    q = floor[:, None, :] + combos
+    q_cov = (floor @ cov)[:, None, :] + combos @ cov
+    curvature = np.sum(q_cov * q, axis=2)
+    flat = curvature > 0
+    optimum = np.where(flat, (q_cov @ v) / np.where(flat, curvature, 1.0), left)
+    scale = np.maximum(np.clip(optimum, left, right).astype(np.float32), float32_at_least(low))
+    # Judged at the scale actually stored.
+    wide = scale.astype(np.float64)[..., None]
+    deviation = wide * q - v
+    errors = np.sum((wide * q_cov - cov @ v) * deviation, axis=2)
+    # Only floor or ceil of v_i/s at the stored scale (each |s·q_i − v_i| ≤ s), and nothing clipped.
+    valid = np.all(np.abs(deviation) <= wide, axis=2) & np.all(np.abs(q) <= limit, axis=2)
+    # Intervals ascending, then b lexicographic: argmin's first minimum is the tie rule.
+    best = np.unravel_index(np.argmin(np.where(valid, errors, np.inf)), errors.shape)
+    return q[best].astype(np.int8), scale[best]
+
+
+def rounding_bound(v: np.ndarray, q: np.ndarray, scale: np.float32) -> np.float32:
+    """ρ: the largest |s·q_i − v_i|, as a float32 rounded up (so it bounds every one exactly)."""
+    error = np.abs(np.float64(scale) * np.asarray(q, dtype=np.float64) - np.asarray(v, dtype=np.float64))
+    return float32_at_least(float(error.max(initial=0.0)))
 
 
 def quantize_linear(
@@ -146,12 +164,13 @@ def quantize_linear(
     sigma = stored_std.astype(np.float64)
     v = coef * sigma
     z = (X_train - stored_mean.astype(np.float64)) / sigma
-    scale = calibrated_scale(v, np.atleast_2d(np.cov(z, rowvar=False, bias=True)), bits)
-    q = round_to_nearest(v, scale, bits)
+    q, scale = adaptive_rounding(v, np.atleast_2d(np.cov(z, rowvar=False, bias=True)), bits)
     # Least-squares intercept given the quantized weights: mean(f) − Σ s·q_i·mean(z_i), with
     # mean(f) = intercept + coef·μ and mean(z_i) = (μ_i − μ̃_i)/σ_i.
     c = intercept + coef @ mean - (np.float64(scale) * q) @ ((mean - stored_mean.astype(np.float64)) / sigma)
-    return QuantizedLinear(tuple(features), bits, q, scale, stored_mean, stored_std, np.float32(c))
+    return QuantizedLinear(
+        tuple(features), bits, q, scale, rounding_bound(v, q, scale), stored_mean, stored_std, np.float32(c)
+    )
 
 
 def per_tensor_uint(coef: np.ndarray, intercept: float, bits: int = 8) -> tuple[np.ndarray, float]:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 MODEL_CODE = Path(__file__).with_name("quantized_model.py")
-SCHEME = "standardized-symmetric-rtn-mse-scale"
+SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
 
 
@@ -116,7 +116,7 @@ def evaluate(source: Source, bits: int) -> Evaluation:
     """Quantizes the float model at `bits` bits and measures it on the held-out rows (no I/O).
 
     Coefficient errors are in standardized units (per standard deviation of the feature),
-    where each is at most s/2; `intercept_abs_error` compares the stored intercept with the
+    where each is at most ρ ≤ s; `intercept_abs_error` compares the stored intercept with the
     float model's intercept at the same centre, b + Σ w_i μ_i.
     """
     model, split = source.model, source.split
@@ -314,7 +314,7 @@ def _prediction_figure(evaluation: Evaluation) -> Figure:
     right.scatter(evaluation.bound, error, s=4, alpha=0.3, color="tab:blue")
     top = float(evaluation.bound.max())
     right.plot([0, top], [0, top], color="tab:red", linewidth=1, label="error = bound")
-    right.set_xlabel("error bound (s/2)·Σ|x−μ|/σ (100k$)")
+    right.set_xlabel("error bound ρ·Σ|x−μ|/σ (100k$)")
     right.set_ylabel("|quantized − float| (100k$)")
     right.legend(loc="upper left")
     violations = int(evaluation.metrics["error_bound_violations"])

@@ -10,7 +10,9 @@ Prediction, with z_i = (x_i − μ_i)/σ_i the standardized features:
     ŷ(x) = c + s · Σ_i q_i · z_i
 
 q_i are signed `bits`-bit integers, s is one float32 scale for the whole weight vector, μ_i and
-σ_i are the training data's mean and standard deviation, c is a float32 intercept.
+σ_i are the training data's mean and standard deviation, c is a float32 intercept. ρ ≤ s, also
+stored, bounds how far each s·q_i is from the float model's standardized weight; it is only
+used by the error bound.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pandas as pd
 # The artifact key and file name of the parameters inside a logged model.
 PARAMS_KEY = "params"
 PARAMS_FILE = "quantized_linear.json"
-FORMAT = "housing-mlops/quantized-linear/1"
+FORMAT = "housing-mlops/quantized-linear/2"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class QuantizedLinear:
         bits: Bit width of the integer weights.
         weights: The integers q_i, each in [−(2^(bits−1) − 1), 2^(bits−1) − 1].
         scale: s, float32.
+        rho: ρ, float32: every |s·q_i − v_i| ≤ ρ ≤ s, v_i the float model's standardized weight.
         mean: μ_i, float16 (or float32 where float16 cannot hold them).
         std: σ_i, same dtype rule; positive.
         intercept: c, float32.
@@ -47,6 +50,7 @@ class QuantizedLinear:
     bits: int
     weights: np.ndarray
     scale: np.float32
+    rho: np.float32
     mean: np.ndarray
     std: np.ndarray
     intercept: np.float32
@@ -63,7 +67,10 @@ class QuantizedLinear:
 
     @property
     def param_bytes(self) -> int:
-        """Bytes of every stored number: the weights packed at `bits` bits, scale, μ, σ, intercept."""
+        """Bytes of the numbers prediction uses: the weights packed at `bits` bits, scale, μ, σ, intercept.
+
+        ρ (4 bytes) is stored too but only feeds `error_bound`, so it is not counted.
+        """
         packed_weights = -(-self.weights.size * self.bits // 8)
         return packed_weights + self.scale.nbytes + self.mean.nbytes + self.std.nbytes + self.intercept.nbytes
 
@@ -78,7 +85,7 @@ class QuantizedLinear:
     def error_bound(self, X: np.ndarray) -> np.ndarray:
         """Per row, how far ŷ can be from the float model it was quantized from, at most.
 
-        |Δy(x)| ≤ (s/2)·Σ_i (|x_i − μ_i| + δμ_i)/σ_i + δc, where δμ_i and δc are half the spacing
+        |Δy(x)| ≤ ρ·Σ_i (|x_i − μ_i| + δμ_i)/σ_i + δc, where δμ_i and δc are half the spacing
         of the stored μ_i and c in their dtypes: the largest rounding of the training mean and
         of the intercept when they were stored (see `pipeline.quantization`).
         """
@@ -86,7 +93,7 @@ class QuantizedLinear:
         mean_rounding = np.spacing(np.abs(self.mean)).astype(np.float64) / 2
         intercept_rounding = float(np.spacing(np.abs(self.intercept))) / 2
         distance = (np.abs(np.asarray(X, dtype=np.float64) - mean) + mean_rounding) / self.std.astype(np.float64)
-        return float(self.scale) / 2 * distance.sum(axis=1) + intercept_rounding
+        return float(self.rho) * distance.sum(axis=1) + intercept_rounding
 
     def to_json(self) -> str:
         """The parameters as JSON; each number written so that it reads back bit for bit."""
@@ -97,6 +104,7 @@ class QuantizedLinear:
                 "bits": self.bits,
                 "weights": [int(q) for q in self.weights],
                 "scale": _exact(self.scale),
+                "rho": _exact(self.rho),
                 "mean": [_exact(m) for m in self.mean],
                 "mean_dtype": self.mean.dtype.name,
                 "std": [_exact(s) for s in self.std],
@@ -116,6 +124,7 @@ class QuantizedLinear:
             bits=int(params["bits"]),
             weights=np.asarray(params["weights"], dtype=np.int8),
             scale=np.float32(params["scale"]),
+            rho=np.float32(params["rho"]),
             mean=np.asarray(params["mean"], dtype=params["mean_dtype"]),
             std=np.asarray(params["std"], dtype=params["std_dtype"]),
             intercept=np.float32(params["intercept"]),

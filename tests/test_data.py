@@ -122,3 +122,11 @@ def test_target_optional_for_scoring(tmp_path: Path, synthetic_frame: pd.DataFra
     dataset = data.load(str(path), target=data.TARGET_OPTIONAL)
     assert dataset.y is None
     assert dataset.X.shape == (200, 8)
+
+
+def test_offline_without_cache_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty data home on a machine with no network (CI here; a proxy-less laptop elsewhere).
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path))
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(DataError, match=f"not cached in {tmp_path}.*SCIKIT_LEARN_DATA"):
+        data.load_california()

@@ -18,12 +18,12 @@ from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHALLENGER_URI, F
 from pipeline.errors import PipelineError
 from pipeline.metrics import regression_metrics
 from pipeline.quantization import (
-    calibrated_scale,
+    MAX_SCALE_FACTOR,
+    adaptive_rounding,
     compact,
     per_tensor_uint,
     qmax,
     quantize_linear,
-    round_to_nearest,
 )
 from pipeline.quantize import SCHEME, quantize
 from pipeline.quantized_model import PARAMS_FILE, QuantizedLinear
@@ -66,39 +66,56 @@ def real_split(california: data.Dataset) -> tuple[data.Split, np.ndarray, np.nda
 
 
 @pytest.mark.parametrize("bits", ALL_BITS)
-def test_every_weight_within_half_a_step(bits: int, synthetic: tuple[np.ndarray, np.ndarray, float]) -> None:
+def test_every_weight_within_rho_within_one_step(bits: int, synthetic: tuple[np.ndarray, np.ndarray, float]) -> None:
     X, coef, intercept = synthetic
     params = quantize_linear(coef, intercept, X, bits, FEATURES)
     v = coef * params.std.astype(np.float64)
     error = np.abs(params.standardized_weights - v)
-    assert error.max() <= float(params.scale) / 2
+    assert error.max() <= float(params.rho) <= float(params.scale)
+    assert float(params.rho) == pytest.approx(error.max(), rel=1e-6)  # rounded up to float32, no further
     assert np.abs(params.weights).max() <= qmax(bits)
+    s0 = np.abs(v).max() / qmax(bits)
+    assert s0 <= float(params.scale) <= MAX_SCALE_FACTOR * s0 * (1 + 1e-6)
     # Population's −2e−6 is not lost in raw units: it is −0.0022 per standard deviation.
-    assert params.coefficients[4] == pytest.approx(coef[4], abs=float(params.scale) / 2 / float(params.std[4]))
+    assert params.coefficients[4] == pytest.approx(coef[4], abs=float(params.rho) / float(params.std[4]))
 
 
-def test_round_to_nearest_refuses_a_clipping_scale() -> None:
-    with pytest.raises(ValueError, match="clips"):
-        round_to_nearest(np.array([1.0, -0.5]), 1.0 / 200, bits=8)
+def rtn_objective_on_a_fine_grid(v: np.ndarray, cov: np.ndarray, bits: int) -> float:
+    """The best training objective of round to nearest over 5001 scales from s0 to 2·s0."""
+    s0 = np.abs(v).max() / qmax(bits)
+    grid = np.linspace(s0 * (1 + 1e-9), MAX_SCALE_FACTOR * s0, 5001)[:, None]
+    e = grid * np.rint(v / grid) - v
+    return float(np.min(np.sum((e @ cov) * e, axis=1)))
+
+
+def objective(v: np.ndarray, cov: np.ndarray, q: np.ndarray, scale: np.float32) -> float:
+    e = float(scale) * q.astype(np.float64) - v
+    return float(e @ cov @ e)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_calibrated_scale_beats_every_scale_on_a_fine_grid(bits: int) -> None:
+def test_adaptive_rounding_beats_round_to_nearest_and_every_combination(bits: int) -> None:
     rng = np.random.default_rng(bits)
     v = rng.normal(size=8)
     A = rng.normal(size=(8, 8))
     cov = A @ A.T / 8 + np.eye(8) * 0.1
-
-    def objective(s: float) -> float:
-        e = s * np.rint(v / s) - v
-        return float(e @ cov @ e)
-
-    s0 = np.abs(v).max() / qmax(bits)
-    scale = float(calibrated_scale(v, cov, bits))
-    assert s0 <= scale <= 2 * s0 * (1 + 1e-6)
-    grid = np.linspace(s0 * (1 + 1e-9), 2 * s0, 5001)
+    q, scale = adaptive_rounding(v, cov, bits)
+    best = objective(v, cov, q, scale)
     # Up to the float32 rounding of the stored scale.
-    assert objective(scale) <= min(objective(s) for s in grid) * (1 + 1e-5)
+    assert best <= rtn_objective_on_a_fine_grid(v, cov, bits) * (1 + 1e-5)
+    # Brute force at a few scales: no floor/ceil combination there does better.
+    s0 = np.abs(v).max() / qmax(bits)
+    for s in np.linspace(s0 * (1 + 1e-9), MAX_SCALE_FACTOR * s0, 7):
+        floors = np.floor(v / s)
+        for bits_of_b in range(256):
+            candidate = floors + np.array([(bits_of_b >> i) & 1 for i in range(8)])
+            if np.abs(candidate).max() <= qmax(bits):
+                assert best <= objective(v, cov, candidate, np.float32(s)) * (1 + 1e-5)
+
+
+def test_all_zero_weights_stay_zero() -> None:
+    q, scale = adaptive_rounding(np.zeros(8), np.eye(8), 4)
+    assert not q.any() and scale == 1.0
 
 
 def test_bias_correction_is_the_least_squares_intercept(synthetic: tuple[np.ndarray, np.ndarray, float]) -> None:
@@ -143,7 +160,12 @@ def test_parameters_round_trip_bit_for_bit_and_bytes_are_counted(
         back = QuantizedLinear.from_json(text)
         np.testing.assert_array_equal(back.predict(X), params.predict(X))
         assert back.mean.dtype == np.float16 and back.intercept.dtype == np.float32
+        assert back.rho == params.rho and back.rho.dtype == np.float32
+        np.testing.assert_array_equal(back.error_bound(X), params.error_bound(X))
         assert json.loads(text)["weights"] == params.weights.tolist()
+    older = json.loads(text) | {"format": "housing-mlops/quantized-linear/1"}
+    with pytest.raises(ValueError, match="expected 'housing-mlops/quantized-linear/2'"):
+        QuantizedLinear.from_json(json.dumps(older))
 
 
 def test_statistics_too_large_for_float16_are_stored_as_float32() -> None:
@@ -172,6 +194,21 @@ def test_bits_out_of_range_is_a_clear_error(bits: int) -> None:
 # --- the real data, no MLflow ------------------------------------------------------------------
 
 
+def test_training_objective_no_worse_than_round_to_nearest(real_split: tuple) -> None:
+    split, _, coef, intercept = real_split
+    X_train = split.X_train.to_numpy()
+    for bits in ALL_BITS:
+        params = quantize_linear(coef, intercept, X_train, bits, FEATURES)
+        sigma = params.std.astype(np.float64)
+        v = coef * sigma
+        cov = np.cov(params.standardize(X_train), rowvar=False, bias=True)
+        chosen = objective(v, cov, params.weights, params.scale)
+        rtn = rtn_objective_on_a_fine_grid(v, cov, bits)
+        assert chosen <= rtn * (1 + 1e-5), bits
+        if bits == 4:  # where the two differ on this split: 3.6 % less squared deviation
+            assert chosen < 0.98 * rtn
+
+
 def test_bound_holds_on_every_held_out_row_at_every_width(real_split: tuple) -> None:
     split, float_pred, coef, intercept = real_split
     X_test = split.X_test.to_numpy()
@@ -192,7 +229,7 @@ def test_targets_and_the_seeds_failure_mode(real_split: tuple) -> None:
     r2_delta8, mad8 = measure(quantize_linear(coef, intercept, X_train, 8, FEATURES).predict(X_test))
     assert abs(r2_delta8) <= 0.0005 and mad8 <= 0.0025
     r2_delta4, mad4 = measure(quantize_linear(coef, intercept, X_train, 4, FEATURES).predict(X_test))
-    assert abs(r2_delta4) <= 0.0075 and mad4 <= 0.035
+    assert abs(r2_delta4) <= 0.005 and mad4 <= 0.035
     # The seeds: raw weights and the intercept on one uint8 min/max grid.
     naive_coef, naive_intercept = per_tensor_uint(coef, intercept, 8)
     naive_r2_delta, naive_mad = measure(X_test @ naive_coef + naive_intercept)
