@@ -19,7 +19,7 @@ from pipeline.config import FEATURES, MODEL_NAME
 from pipeline.metrics import regression_metrics
 from tests.conftest import Store, activate
 
-MODEL_ALIASES = ["challenger"]
+MODEL_ALIASES = ["challenger", "quantized"]
 
 
 @dataclass(frozen=True)
