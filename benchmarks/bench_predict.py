@@ -1,0 +1,150 @@
+"""Batch `predict` throughput and peak memory on large CSVs, next to the floor: `pandas.read_csv`.
+
+    python benchmarks/bench_predict.py                      # 1M and 10M rows, float and quantized
+    python benchmarks/bench_predict.py --rows 1000000 --repeat 1 --alias challenger
+
+The CSVs are the 20,640 real rows of California Housing (8 features) repeated to the size asked,
+written once to benchmarks/out/ (git-ignored; the 10M-row file is about 0.9 GB) and reused. The
+models come from a tracking store the script fills once with the whole pipeline, also there.
+
+Each measurement is a fresh process, so peak RSS (from wait4) is that command's alone:
+- floor: `pandas.read_csv(file)` of the whole file; rows/s excludes the interpreter start.
+- predict: `python -m pipeline predict --input file`; rows/s is the one the run logs (reading,
+  validating, scoring and writing every row; not the start-up, model loading or run logging).
+Runs of the floor and of predict alternate; medians and bests are reported, because other
+processes on a shared machine slow either down at random (the best is the least disturbed).
+
+Targets: predict ≥ 70% of the floor's rows/s; the 10M-row peak RSS ≤ 1.2 × the 1M-row one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+STORE = OUT / "store"
+FLOOR = "import sys, time, pandas as pd; t = time.perf_counter(); n = len(pd.read_csv(sys.argv[1])); " + (
+    "print(n / (time.perf_counter() - t))"
+)
+
+
+def tracking_env() -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{STORE / 'mlflow.db'}"}
+    shared = ROOT.parent / "shared" / "data" / "scikit_learn_data"
+    if "SCIKIT_LEARN_DATA" not in env and shared.is_dir():
+        env["SCIKIT_LEARN_DATA"] = str(shared)
+    return env
+
+
+def ensure_models() -> None:
+    """Runs the pipeline once into the benchmark store (challenger, quantized, champion)."""
+    if (STORE / "done").exists():
+        return
+    STORE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pipeline", "main"], env=tracking_env(), check=True, cwd=STORE)
+    (STORE / "done").touch()
+
+
+def ensure_csv(rows: int) -> Path:
+    """The real feature rows repeated to `rows` rows, written in blocks (bounded memory)."""
+    path = OUT / f"houses_{rows}.csv"
+    if path.exists():
+        return path
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    os.environ.update({k: v for k, v in tracking_env().items() if k == "SCIKIT_LEARN_DATA"})
+    from pipeline import data
+
+    features = data.load_california().X
+    partial = path.with_suffix(".partial")
+    block = 1_000_000
+    with pa_csv.CSVWriter(str(partial), pa.schema([(c, pa.float64()) for c in features.columns])) as writer:
+        for start in range(0, rows, block):
+            index = np.arange(start, min(start + block, rows)) % len(features)
+            writer.write_table(pa.Table.from_pandas(features.iloc[index], preserve_index=False))
+    partial.rename(path)
+    return path
+
+
+def run_one(command: list[str]) -> tuple[str, float, float]:
+    """Runs a command; returns its stdout, wall seconds and its own peak RSS in MB."""
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=devnull, env=tracking_env(), cwd=OUT)
+        stdout = process.stdout.read()
+        process.stdout.close()
+        # Reaped here rather than by subprocess, to read this child's own resource usage.
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {code}")
+    return stdout.decode(), time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def bench(path: Path, rows: int, alias: str, repeat: int) -> dict[str, float]:
+    floor_rates, floor_rss, rates, rss, walls = [], [], [], [], []
+    for _ in range(repeat):
+        out, _, peak = run_one([sys.executable, "-c", FLOOR, str(path)])
+        floor_rates.append(float(out))
+        floor_rss.append(peak)
+        model_uri = f"models:/california-housing@{alias}"
+        command = [sys.executable, "-m", "pipeline", "predict", "--model-uri", model_uri, "--input", str(path)]
+        out, wall, peak = run_one([*command, "--output", str(OUT / "predictions.csv")])
+        match = re.search(r"Scored ([\d,]+) rows at ([\d,]+) rows/s", out)
+        assert match and int(match[1].replace(",", "")) == rows, out
+        rates.append(float(match[2].replace(",", "")))
+        rss.append(peak)
+        walls.append(wall)
+    return {
+        "floor_rows_per_s": statistics.median(floor_rates),
+        "floor_best": max(floor_rates),
+        "floor_peak_rss_mb": max(floor_rss),
+        "rows_per_s": statistics.median(rates),
+        "best": max(rates),
+        "peak_rss_mb": max(rss),
+        "command_seconds": statistics.median(walls),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--alias", nargs="+", default=["challenger", "quantized"])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    ensure_models()
+    results = {}
+    for rows in args.rows:
+        path = ensure_csv(rows)
+        for alias in args.alias:
+            result = bench(path, rows, alias, args.repeat)
+            results[rows, alias] = result
+            print(
+                f"{rows:>11,} rows  {alias:<10}  median: predict {result['rows_per_s']:>10,.0f} rows/s, "
+                f"floor {result['floor_rows_per_s']:>10,.0f} rows/s, "
+                f"ratio {result['rows_per_s'] / result['floor_rows_per_s']:4.0%}  "
+                f"best: {result['best']:>10,.0f} vs {result['floor_best']:>10,.0f} rows/s, "
+                f"ratio {result['best'] / result['floor_best']:4.0%}  "
+                f"peak RSS {result['peak_rss_mb']:5,.0f} MB (floor {result['floor_peak_rss_mb']:5,.0f} MB)  "
+                f"command {result['command_seconds']:4.1f} s",
+                flush=True,
+            )
+    for alias in args.alias:
+        small, large = (results.get((rows, alias)) for rows in (1_000_000, 10_000_000))
+        if small and large:
+            print(f"{alias}: 10M-row peak RSS / 1M-row peak RSS = {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The `predict` step: predictions, metrics, what the run records, and every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import data, registry, tracking
+from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, TARGET
+from pipeline.errors import DataError, PipelineError
+from pipeline.metrics import regression_metrics
+from pipeline.predict import ERROR, PREDICTION, RunningErrors, format_report, main, predict, score
+
+# One alias per flavor: the float (scikit-learn) model and the quantized (python_function) one.
+SCORED_ALIASES = ["challenger", "quantized"]
+
+# First held-out rows as the original scripts printed them (float model, default split).
+SEED_SAMPLE = [
+    "True: 0.48 | Predicted: 0.72 | Diff: 0.24",
+    "True: 0.46 | Predicted: 1.76 | Diff: 1.31",
+    "True: 5.00 | Predicted: 2.71 | Diff: 2.29",
+]
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def predict_runs() -> list[mlflow.entities.Run]:
+    return MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()], "tags.step = 'predict'"
+    )
+
+
+@pytest.fixture(scope="module")
+def held_out(california: data.Dataset) -> pd.DataFrame:
+    """The default held-out split's first 57 rows, features and target, in a frame."""
+    split = data.split(california, test_size=0.2, random_state=42)
+    return split.X_test.head(57).assign(**{TARGET: split.y_test.head(57)})
+
+
+def float_predictions(frame: pd.DataFrame) -> np.ndarray:
+    """What the float model's scikit-learn estimator itself predicts, without pyfunc or CSV."""
+    estimator = mlflow.sklearn.load_model(CHALLENGER_URI)
+    return estimator.predict(frame[list(FEATURES)])
+
+
+def test_running_errors_equal_regression_metrics() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.normal(3.0, 1.2, size=1003)
+    pred = y + rng.normal(0.1, 0.7, size=1003)
+    errors = RunningErrors()
+    for start, stop in ((0, 1), (1, 400), (400, 400), (400, 1003)):
+        errors.add(y[start:stop], pred[start:stop])
+    expected = regression_metrics(y, pred)
+    assert errors.metrics() == pytest.approx(expected, rel=1e-12)
+    assert set(errors.metrics()) == {"test_r2", "test_mse", "test_rmse", "test_mae"}
+
+
+def test_running_errors_edge_cases() -> None:
+    constant = RunningErrors()
+    constant.add(np.full(5, 2.0), np.full(5, 2.0))
+    assert constant.metrics()["test_r2"] == 1.0
+    constant.add(np.full(5, 2.0), np.full(5, 2.5))
+    assert constant.metrics()["test_r2"] == 0.0
+    assert constant.metrics()["test_mae"] == pytest.approx(0.25)
+    assert RunningErrors().metrics() == {}
+
+
+@pytest.mark.parametrize("alias", SCORED_ALIASES)
+def test_default_input_is_the_held_out_split(scoring: str, tmp_path: Path, alias: str) -> None:
+    version = registry.version_by_alias(alias)
+    output = tmp_path / "predictions.csv"
+    result = predict(f"models:/{MODEL_NAME}@{alias}", output_path=output)
+
+    assert result.version == str(version.version)
+    assert result.n_rows == 4128
+    assert result.output_path == str(output)
+    assert f"run {version.run_id}" in result.input_source
+    # The same rows as the run that logged the model evaluated: the same metrics, to rounding.
+    logged = MlflowClient().get_run(version.run_id).data.metrics
+    for key in ("test_r2", "test_mse", "test_rmse", "test_mae"):
+        assert result.metrics[key] == pytest.approx(logged[key], rel=1e-9), key
+
+    written = read_output(output)
+    assert list(written.columns) == [PREDICTION, ERROR]
+    assert len(written) == 4128
+    np.testing.assert_array_equal(written[PREDICTION].head(10), result.sample[PREDICTION])
+    split, _ = tracking.load_split(version.run_id)
+    np.testing.assert_allclose(written[ERROR], written[PREDICTION] - split.y_test.to_numpy(), rtol=1e-9, atol=1e-12)
+    assert result.sample[TARGET].round(2).tolist()[:3] == [0.48, 0.46, 5.0]
+
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["step"] == "predict"
+    assert run.data.params["model_uri"] == f"models:/{MODEL_NAME}@{alias}"
+    assert run.data.params["input"] == result.input_source
+    assert run.data.params["model_version"] == str(version.version)
+    assert run.data.params["model_run_id"] == version.run_id
+    assert run.data.metrics["n_rows"] == 4128
+    assert run.data.metrics["rows_per_second"] > 0
+    assert run.data.metrics["test_r2"] == pytest.approx(result.metrics["test_r2"])
+
+
+@pytest.mark.parametrize("alias", SCORED_ALIASES)
+def test_chunked_csv_equals_the_models_own_predictions(
+    scoring: str, tmp_path: Path, held_out: pd.DataFrame, alias: str
+) -> None:
+    uri = f"models:/{MODEL_NAME}@{alias}"
+    source = tmp_path / "houses.csv"
+    held_out.to_csv(source, index=False)
+    predict(uri, str(source), tmp_path / "out.csv", chunksize=10)
+    direct = mlflow.pyfunc.load_model(uri).predict(pd.read_csv(source)[list(FEATURES)])
+    np.testing.assert_allclose(read_output(tmp_path / "out.csv")[PREDICTION], direct, rtol=1e-12, atol=1e-12)
+
+
+def test_float_model_reproduces_the_seed_figures(scoring: str, tmp_path: Path) -> None:
+    result = predict(CHALLENGER_URI, output_path=tmp_path / "out.csv")
+    assert round(result.metrics["test_r2"], 4) == 0.5758
+    assert round(result.metrics["test_mse"], 4) == 0.5559
+    report = format_report(result).splitlines()
+    assert "R² Score: 0.5758" in report
+    assert "Mean Squared Error: 0.5559" in report
+    start = report.index("Sample Predictions (first 10):")
+    assert report[start + 1 : start + 4] == SEED_SAMPLE
+    assert len([line for line in report if line.startswith("True: ")]) == 10
+    assert f"Model: {CHALLENGER_URI} (version {result.version})" in report
+
+
+def test_csv_without_target_streams_in_chunks(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
+    source = tmp_path / "houses.csv"
+    # Whole numbers written without a decimal point, as many tools do, are read as integers.
+    held_out[list(FEATURES)].to_csv(source, index=False, float_format=lambda v: f"{v:.17g}")
+    assert pd.read_csv(source)["HouseAge"].dtype == "int64"
+    output = tmp_path / "out" / "scored.csv"
+    output.parent.mkdir()
+    result = predict(CHALLENGER_URI, str(source), output, chunksize=10)
+
+    written = read_output(output)
+    assert list(written.columns) == [PREDICTION]
+    np.testing.assert_allclose(written[PREDICTION], float_predictions(held_out), rtol=1e-12)
+    assert result.n_rows == 57
+    assert result.metrics == {}
+    assert result.input_source == str(source.resolve())
+    assert list(result.sample.columns) == [PREDICTION]
+    assert len(result.sample) == 10
+    run = MlflowClient().get_run(result.run_id)
+    assert not any(key.startswith("test_") for key in run.data.metrics)
+    assert run.data.params["input"] == str(source.resolve())
+    lines = format_report(result).splitlines()
+    assert "Model Performance:" not in lines
+    assert lines[lines.index("Sample Predictions (first 10):") + 1] == f"Predicted: {written[PREDICTION][0]:.2f}"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["scored.csv"]
+
+
+def test_csv_with_target_metrics_across_chunks(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
+    source = tmp_path / "houses.csv"
+    # Columns in another order than the model's: they are matched by name.
+    held_out[[TARGET, *reversed(FEATURES)]].to_csv(source, index=False)
+    result = predict(CHALLENGER_URI, str(source), tmp_path / "out.csv", chunksize=8)
+
+    expected = float_predictions(held_out)
+    assert result.metrics == pytest.approx(regression_metrics(held_out[TARGET], expected), rel=1e-9)
+    written = read_output(tmp_path / "out.csv")
+    np.testing.assert_allclose(written[ERROR], expected - held_out[TARGET].to_numpy(), rtol=1e-9, atol=1e-12)
+    assert list(result.sample.columns) == [TARGET, PREDICTION, ERROR]
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+HEADER = ",".join(FEATURES)
+ROW = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23"
+ROWS = "\n".join([ROW] * 12)
+
+# Each bad input and a piece of the one-line error it must get.
+BAD_INPUTS = {
+    "missing file": (None, "no such file"),
+    "empty file": ("", "the file is empty"),
+    "header only": (HEADER + "\n", "has a header but no data rows"),
+    "missing column": (
+        HEADER.replace(",Longitude", "") + "\n" + ROW.rsplit(",", 1)[0] + "\n",
+        "missing column(s) Longitude",
+    ),
+    "extra column": (HEADER + ",Color\n" + ROW + ",1\n", "unexpected column(s) Color"),
+    "misnamed column": (HEADER.replace("MedInc", "Medinc") + "\n" + ROW + "\n", "missing column(s) MedInc"),
+    "non-numeric cell": (
+        f"{HEADER}\n{ROWS}\n{ROW.replace('41.0', 'old')}\n",
+        "column 'HouseAge', row 13: 'old' is not a number",
+    ),
+    "NaN": (
+        f"{HEADER}\n{ROWS}\n{ROW.replace('322.0', 'NaN')}\n",
+        "column 'Population', row 13: value is missing (NaN)",
+    ),
+    "inf": (f"{HEADER}\n{ROWS}\n{ROW.replace('2.55', 'inf')}\n", "column 'AveOccup', row 13: value is infinite"),
+    "wrong delimiter": (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "delimited by ';'"),
+    "non-UTF-8 bytes": (f"{HEADER}\n{ROW}\n".encode() + b"\xff\xfe,1\n", "row 2 (line 3), byte 1: not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_one_line_exit_2_no_output(
+    scoring: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    content, expected = BAD_INPUTS[case]
+    source = tmp_path / "batch.csv"
+    if content is not None:
+        write(source, content)
+    output = tmp_path / "out.csv"
+    runs_before = len(predict_runs())
+
+    # chunksize 5: the late bad rows are found after earlier chunks were already scored.
+    code = main(["--input", str(source), "--output", str(output), "--chunksize", "5"])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [err[-1]] and err[-1].startswith(f"error: {source}: ")
+    assert expected in err[-1]
+    assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["batch.csv"])
+    assert len(predict_runs()) == runs_before
+
+
+def test_failure_keeps_the_previous_output(scoring: str, tmp_path: Path) -> None:
+    output = write(tmp_path / "out.csv", "prediction\n1.0\n")
+    source = write(tmp_path / "batch.csv", f"{HEADER}\n{ROWS}\n{ROW.replace('37.88', '')}\n")
+    with pytest.raises(DataError, match="column 'Latitude', row 13: value is missing"):
+        predict(input_path=str(source), output_path=output, chunksize=4)
+    assert output.read_text() == "prediction\n1.0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.csv", "out.csv"]
+
+
+@pytest.mark.parametrize(
+    ("model_uri", "expected"),
+    [
+        (f"models:/{MODEL_NAME}@nope", f"registered model '{MODEL_NAME}' has no alias 'nope'"),
+        (f"models:/{MODEL_NAME}/99", f"registered model '{MODEL_NAME}' has no version 99"),
+    ],
+)
+def test_unknown_alias_or_version(scoring: str, tmp_path: Path, model_uri: str, expected: str) -> None:
+    with pytest.raises(PipelineError, match=expected):
+        predict(model_uri, output_path=tmp_path / "out.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_champion_names_the_command(tracking_uri: str, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as err:
+        predict(output_path=tmp_path / "out.csv")
+    assert str(err.value) == (
+        f"registered model '{MODEL_NAME}' has no alias 'champion'; run 'python -m pipeline promote "
+        "(or the whole pipeline: mlflow run .)' to set it"
+    )
+
+
+def test_progress_bar_when_asked(
+    scoring: str, tmp_path: Path, held_out: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "houses.csv"
+    held_out.to_csv(source, index=False)
+    predict(input_path=str(source), output_path=tmp_path / "out.csv", chunksize=20, progress=True)
+    lines = capsys.readouterr().err.split("\r")
+    assert lines[0] == ""
+    assert re.fullmatch(r"predict \[#* *\] ~ *\d+% 20 rows, [\d,]+ rows/s", lines[1])
+    assert re.fullmatch(r"predict \[#{30}\] 57 rows, [\d,]+ rows/s\n", lines[-1])
+    predict(input_path=str(source), output_path=tmp_path / "out.csv")  # stderr is no terminal here
+    assert "\r" not in capsys.readouterr().err
+
+
+def test_write_errors_are_reported(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
+    model = mlflow.pyfunc.load_model(CHALLENGER_URI)
+    with pytest.raises(PipelineError, match=r"cannot write predictions to .*gone/out.csv: .*No such file"):
+        score(model, [held_out], str(tmp_path / "gone" / "out.csv"))
+
+
+def test_output_folder_must_exist(scoring: str, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"output folder .*nowhere does not exist"):
+        predict(output_path=tmp_path / "nowhere" / "out.csv")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [python, "-m", "pipeline", "predict", "--output", "p.csv"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    champion = registry.version_by_alias("champion")
+    logged = MlflowClient().get_run(champion.run_id).data.metrics
+    assert f"Model: models:/{MODEL_NAME}@champion (version {champion.version})\n" in result.stdout
+    assert (
+        f"Model Performance:\nR² Score: {logged['test_r2']:.4f}\nMean Squared Error: {logged['test_mse']:.4f}\n"
+        in result.stdout
+    )
+    assert len(re.findall(r"^True: \d+\.\d\d \| Predicted: -?\d+\.\d\d \| Diff: \d+\.\d\d$", result.stdout, re.M)) == 10
+    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
+    assert len(read_output(tmp_path / "p.csv")) == 4128
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run(
+        [python, "-m", "pipeline", "predict", "--output", "q.csv"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        # MLflow alone retries a refused connection with backoff for minutes.
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: tracking server {uri} is unreachable ([Errno 111] Connection refused); start it or set "
+        "MLFLOW_TRACKING_URI"
+    ]
+    assert not (tmp_path / "q.csv").exists()
