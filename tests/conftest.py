@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,18 +67,37 @@ def tracking_uri(tmp_path: Path, empty_db: Path) -> Iterator[str]:
     yield from _activated(store)
 
 
-def _activated(store: Store) -> Iterator[str]:
+@contextmanager
+def _restored_tracking() -> Iterator[None]:
+    """Restores the tracking URI of this process and its subprocesses after the block."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(store)
     try:
-        yield store.uri
+        yield
     finally:
         if mlflow.active_run() is not None:
             mlflow.end_run("FAILED")
+        # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; left behind, it would send the
+        # next test's subprocesses (`mlflow run`) to an experiment of another store.
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def _activated(store: Store) -> Iterator[str]:
+    with _restored_tracking():
+        activate(store)
+        yield store.uri
+
+
+def _built_store(factory: pytest.TempPathFactory, empty_db: Path, name: str, build) -> Store:
+    """A new store in which `build()` ran; the process's tracking URI is restored afterwards."""
+    store = Store(factory.mktemp(name))
+    shutil.copy(empty_db, store.root / "mlflow.db")
+    for _ in _activated(store):
+        build()
+    return store
 
 
 @pytest.fixture(scope="session")
@@ -85,16 +105,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> S
     """A store where `train` ran once on the default split: version 1 is `challenger`."""
     from pipeline.train import train
 
-    store = Store(tmp_path_factory.mktemp("trained-store"))
-    shutil.copy(empty_db, store.root / "mlflow.db")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(store)
-    try:
-        train()
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return store
+    return _built_store(tmp_path_factory, empty_db, "trained-store", train)
 
 
 @pytest.fixture(scope="session")
@@ -106,16 +117,7 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> 
     """
     from pipeline.main import run_pipeline
 
-    store = Store(tmp_path_factory.mktemp("pipeline-store"))
-    shutil.copy(empty_db, store.root / "mlflow.db")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(store)
-    try:
-        run_pipeline()
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return store
+    return _built_store(tmp_path_factory, empty_db, "pipeline-store", run_pipeline)
 
 
 @pytest.fixture
@@ -132,24 +134,16 @@ def trained(trained_store: Store) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def quantized_store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Store:
-    """A store where `train` and then `quantize(bits=8)` ran once: version 1 is `challenger`,
-    version 2 `quantized` (read-only)."""
+    """A store where `train` and then `quantize(bits=8)` ran once, each with its defaults:
+    version 1 is `challenger`, version 2 `quantized` (read-only)."""
     from pipeline.quantize import quantize
     from pipeline.train import train
 
-    store = Store(tmp_path_factory.mktemp("quantized-store"))
-    shutil.copy(empty_db, store.root / "mlflow.db")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(store)
-    try:
+    def build() -> None:
         train()
         quantize(bits=8)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-    return store
+
+    return _built_store(tmp_path_factory, empty_db, "quantized-store", build)
 
 
 @pytest.fixture
@@ -173,12 +167,8 @@ def clone_store(tmp_path: Path):
         activate(copy)
         return copy.uri
 
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    yield clone
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    with _restored_tracking():
+        yield clone
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,224 @@
+"""A tracking directory that opens anywhere: a SQLite store logged through a local tracking server.
+
+Logged straight to a SQLite file, MLflow records every artifact by its absolute path, so the
+directory breaks once it moves (another machine, a CI download). Logged through
+`mlflow server --artifacts-destination DIR/artifacts`, every artifact is an `mlflow-artifacts:/`
+URI relative to that folder: the directory `DIR` (`mlflow.db` + `artifacts/`) can move, and any
+`mlflow server`/`mlflow ui` started over it serves the runs, plots and registered models again.
+
+`python -m pipeline.store --dir DIR -- COMMAND ...` runs a command with `MLFLOW_TRACKING_URI`
+pointing at such a server on 127.0.0.1, started for the command and stopped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+# Importing MLflow's server twice (CLI, then its uvicorn worker) takes 10-30 s on a busy machine.
+START_TIMEOUT = 180.0
+_LOG_TAIL_CHARS = 2000
+
+
+def backend_uri(root: Path) -> str:
+    """The SQLite URI of the tracking directory `root`."""
+    return f"sqlite:///{Path(root).resolve() / DB_FILE}"
+
+
+def server_command(root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow server` command that serves the tracking directory `root`, artifacts included."""
+    root = Path(root).resolve()
+    return [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri(root),
+        "--artifacts-destination",
+        str(root / ARTIFACTS_DIR),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def local_artifact_path(root: Path, artifact_uri: str) -> Path:
+    """Where an artifact of the tracking directory `root` lies on disk.
+
+    The server maps `mlflow-artifacts:/<path>` to `<artifacts-destination>/<path>`, and our
+    artifacts destination is `root/artifacts`, wherever `root` is now.
+
+    Raises:
+        PipelineError: The URI is not an `mlflow-artifacts:` one, or nothing is at its place.
+    """
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme != "mlflow-artifacts":
+        raise PipelineError(f"{artifact_uri} was not logged through a tracking server over {root}")
+    path = Path(root).resolve() / ARTIFACTS_DIR / parsed.path.lstrip("/")
+    if not path.exists():
+        raise PipelineError(f"{artifact_uri} should be at {path}, which does not exist")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float, log_file: Path | None = None) -> None:
+    """Polls `url` until it answers 200, the process exits, or `timeout` seconds pass.
+
+    Raises:
+        PipelineError: The process exited or did not answer in time; the message ends with the
+            tail of its log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PipelineError(
+                f"{' '.join(map(str, process.args))} exited with code {process.returncode}{_tail(log_file)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise PipelineError(f"{url} did not answer within {timeout:.0f} s{_tail(log_file)}")
+
+
+def _tail(log_file: Path | None) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    text = log_file.read_text(errors="replace").strip()
+    return f"; its log ends with: {text[-_LOG_TAIL_CHARS:]}" if text else ""
+
+
+@contextmanager
+def local_server(root: Path, port: int | None = None, timeout: float = START_TIMEOUT) -> Iterator[str]:
+    """Runs a tracking server over the directory `root` on 127.0.0.1 while the block runs.
+
+    The server creates `root/mlflow.db` if needed; experiments it creates store artifacts under
+    `root/artifacts` as `mlflow-artifacts:/` URIs, which is what makes the directory movable.
+
+    Args:
+        root: The tracking directory (created if missing).
+        port: Port to listen on; a free one by default.
+        timeout: Seconds to wait for the server to answer.
+
+    Yields:
+        The server's URL, `http://127.0.0.1:<port>`, to use as the tracking URI.
+
+    Raises:
+        PipelineError: The server did not start.
+    """
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mlflow", *server_command(root, port=port)[1:]]
+    # Background jobs (GenAI scorers, trace archival) are not used here and slow the start.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with tempfile.TemporaryDirectory(prefix="mlflow-server-") as tmp:
+        log_file = Path(tmp) / "server.log"
+        with log_file.open("wb") as out:
+            # Its own session, so stopping it also stops the uvicorn worker it starts.
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            log.info("starting a tracking server for %s at %s", root, url)
+            wait_until_up(f"{url}/health", process, timeout, log_file)
+            yield url
+        finally:
+            stop(process)
+
+
+def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stops a process started in its own session, and everything it started."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
+class CommandError(PipelineError):
+    """A command this module ran exited non-zero; exits with that command's code."""
+
+    def __init__(self, command: list[str], exit_code: int) -> None:
+        super().__init__(f"'{' '.join(command)}' exited with code {exit_code}")
+        self.exit_code = exit_code
+
+
+def run_command(command: list[str], tracking_uri: str) -> None:
+    """Runs a command with `MLFLOW_TRACKING_URI` set, its output going straight to ours.
+
+    Raises:
+        CommandError: The command exited non-zero (its own error is already on stderr).
+    """
+    result = subprocess.run(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, check=False)
+    if result.returncode != 0:
+        raise CommandError(command, result.returncode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline.store`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.store",
+        description="Run COMMAND with MLFLOW_TRACKING_URI pointing at a local tracking server over DIR, "
+        "so everything it logs lands in DIR (mlflow.db + artifacts/) and the directory can move.",
+    )
+    parser.add_argument("--dir", required=True, type=Path, help="the tracking directory (created if missing)")
+    parser.add_argument("--port", type=int, default=None, help="port of the server (default: a free one)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs a command against a local tracking server; returns 0, or the command's exit code."""
+    from pipeline import cli
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (usage: python -m pipeline.store --dir DIR -- COMMAND ...)")
+
+    def step() -> None:
+        with local_server(args.dir, args.port) as url:
+            run_command(command, url)
+
+    return cli.run(step, report=lambda _: None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
