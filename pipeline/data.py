@@ -7,14 +7,12 @@ the file is one more, for the header). Nothing is dropped, clipped or coerced si
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 from sklearn.datasets import fetch_california_housing, get_data_home
 from sklearn.model_selection import train_test_split
 
@@ -25,9 +23,6 @@ from pipeline.errors import DataError
 # score, and never anything else.
 TARGET_REQUIRED = "required"
 TARGET_OPTIONAL = "optional"
-# Bytes pyarrow parses at a time; 4 MiB measured fastest on the benchmark's files.
-_ARROW_BLOCK_BYTES = 4 << 20
-_ARROW_TYPES = pa_csv.ConvertOptions(column_types=dict.fromkeys((*FEATURES, TARGET), pa.float64()))
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ def read_csv_chunks(
                 continue
             validate_frame(chunk, origin=str(path), target=target)
             seen_rows = True
-            yield chunk[_expected_columns(chunk.columns)]
+            yield chunk[_expected_columns(chunk)]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
     except pd.errors.EmptyDataError:
@@ -145,70 +140,6 @@ def read_csv_chunks(
         raise DataError(f"{path}: not a well-formed CSV file: {err}") from None
     if not seen_rows:
         raise DataError(f"{path}: the file has a header but no data rows")
-
-
-def read_csv_fast(
-    path: str | Path, target: str = TARGET_REQUIRED, chunksize: int | None = None
-) -> Iterator[pd.DataFrame]:
-    """Reads a CSV like `read_csv_chunks`, in the same chunks, with the same checks, parsed faster.
-
-    pyarrow's multi-threaded reader parses the file while it is clean: exactly the expected
-    columns, numbers only, none missing or infinite. At the first thing it refuses or finds
-    wrong, `read_csv_chunks` takes over from the first row not yet yielded, so what is accepted,
-    and every error message, are that function's.
-
-    Raises:
-        DataError: As `read_csv_chunks`.
-    """
-    done = 0
-    try:
-        for frame in _clean_arrow_chunks(Path(path), target, chunksize):
-            yield frame
-            done += len(frame)
-        if done:
-            return
-    except (_UncleanError, pa.ArrowException, OSError, ValueError):
-        pass
-    for chunk in read_csv_chunks(path, target=target, chunksize=chunksize):
-        if chunk.index[-1] >= done:
-            yield chunk.iloc[max(done - chunk.index[0], 0) :]
-
-
-class _UncleanError(Exception):
-    """Something pyarrow's path leaves `read_csv_chunks` to judge."""
-
-
-def _clean_arrow_chunks(path: Path, target: str, chunksize: int | None) -> Iterator[pd.DataFrame]:
-    reader = pa_csv.open_csv(
-        path, read_options=pa_csv.ReadOptions(block_size=_ARROW_BLOCK_BYTES), convert_options=_ARROW_TYPES
-    )
-    names = reader.schema.names
-    columns = _expected_columns(names)
-    if sorted(names) != sorted(columns) or (target == TARGET_REQUIRED and TARGET not in names):
-        raise _UncleanError
-    start = 0
-    batches, buffered = [], 0
-    for batch in reader:
-        batches.append(batch)
-        buffered += batch.num_rows
-        if chunksize and buffered >= chunksize:
-            table, used = pa.Table.from_batches(batches), 0
-            while buffered - used >= chunksize:
-                yield _finite_frame(table.slice(used, chunksize), columns, start + used)
-                used += chunksize
-            start += used
-            rest = table.slice(used)
-            batches, buffered = rest.to_batches(), rest.num_rows
-    if buffered:
-        yield _finite_frame(pa.Table.from_batches(batches, reader.schema), columns, start)
-
-
-def _finite_frame(table: pa.Table, columns: list[str], start: int) -> pd.DataFrame:
-    """The table as a frame indexed by data row from `start`, if every cell is a finite number."""
-    arrays = {name: table.column(name).to_numpy() for name in columns}
-    if not all(np.isfinite(values).all() for values in arrays.values()):
-        raise _UncleanError
-    return pd.DataFrame(arrays, index=pd.RangeIndex(start, start + table.num_rows))
 
 
 def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIRED) -> None:
@@ -242,7 +173,7 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated:
         raise DataError(f"{origin}: column(s) {', '.join(duplicated)} appear more than once")
-    for column in _expected_columns(frame.columns):
+    for column in _expected_columns(frame):
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
@@ -300,8 +231,8 @@ def split_by_index(dataset: Dataset, train_index: list[int], test_index: list[in
     )
 
 
-def _expected_columns(columns: Iterable[str]) -> list[str]:
-    return [*FEATURES, TARGET] if TARGET in columns else list(FEATURES)
+def _expected_columns(frame: pd.DataFrame) -> list[str]:
+    return [*FEATURES, TARGET] if TARGET in frame.columns else list(FEATURES)
 
 
 def _describe_encoding_error(path: Path) -> str:

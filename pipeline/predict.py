@@ -13,15 +13,13 @@ import math
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Full, Queue
-from typing import TextIO, TypeVar
+from typing import TextIO
 
 import mlflow
 import numpy as np
@@ -34,7 +32,6 @@ from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, TARGET
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_OUTPUT = "predictions.csv"
 # Rows scored per chunk: large enough that pyfunc's per-call schema enforcement costs little,
@@ -48,8 +45,6 @@ ERROR = "error"
 # retries with backoff for minutes).
 SERVER_TIMEOUT = 5.0
 _PROGRESS_INTERVAL = 0.5
-# Chunks read ahead of the one being scored: enough to keep the reader busy, few for memory.
-_READ_AHEAD = 2
 # Plain numbers, no quotes; shortest text that reads back to the same float64.
 _CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=1 << 16)
 
@@ -243,8 +238,7 @@ def predict(
     os.close(handle)
     try:
         started = time.perf_counter()
-        chunks = read_ahead(batch.chunks)
-        n_rows, errors, sample = score(model, chunks, temporary, Progress(batch.total_rows) if show else None)
+        n_rows, errors, sample = score(model, batch.chunks, temporary, Progress(batch.total_rows) if show else None)
         rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
         metrics = errors.metrics()
         resolved = f"version {version.version}" if version else "no registered version"
@@ -302,7 +296,7 @@ def open_csv(input_path: str, chunksize: int) -> Batch:
         DataError: The file, its header or its first chunk cannot be used.
     """
     path = Path(input_path)
-    chunks = data.read_csv_fast(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
+    chunks = data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
     started = time.perf_counter()
     first = next(chunks)
     return Batch(_prepend(first, chunks), str(path.resolve()), estimate_rows(path), time.perf_counter() - started)
@@ -338,7 +332,8 @@ def score(
     errors = RunningErrors()
     samples = []
     n_rows = 0
-    with CsvWriteBehind(path) as sink:
+    writer = None
+    try:
         for chunk in chunks:
             # Whole numbers read as int64, which the models' float64 signature refuses.
             pred = model_predictions(model, chunk[list(FEATURES)].astype("float64"))
@@ -348,65 +343,22 @@ def score(
                 errors.add(y, pred)
                 columns = {PREDICTION: pred, ERROR: pred - y}
                 shown = {TARGET: y, **columns}
-            sink.write(pa.table(columns))
+            table = pa.table(columns)
+            if writer is None:
+                writer = pa_csv.CSVWriter(path, table.schema, write_options=_CSV_OPTIONS)
+            writer.write_table(table)
             if n_rows < SAMPLE_ROWS:
                 samples.append(pd.DataFrame({name: values[: SAMPLE_ROWS - n_rows] for name, values in shown.items()}))
             n_rows += len(chunk)
             if progress:
                 progress.update(n_rows)
+        if writer is not None:
+            writer.close()
+    except (OSError, pa.ArrowException) as err:
+        raise PipelineError(f"cannot write predictions to {path}: {err}") from err
     if progress:
         progress.update(n_rows, final=True)
     return n_rows, errors, pd.concat(samples, ignore_index=True)
-
-
-class CsvWriteBehind:
-    """Writes tables as CSV to a file from a background thread, up to `depth` tables behind.
-
-    Formatting numbers releases the GIL, so a chunk is written while the next one is scored.
-    Used as a context manager: leaving it waits for every table to be written.
-
-    Raises:
-        PipelineError: From `write` or on leaving: the file cannot be written.
-    """
-
-    def __init__(self, path: str, depth: int = _READ_AHEAD) -> None:
-        self.path = path
-        self._queue: Queue[pa.Table | None] = Queue(maxsize=depth)
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="predict-write-behind", daemon=True)
-        self._thread.start()
-
-    def write(self, table: pa.Table) -> None:
-        """Queues a table; raises the error that stopped the writer, if one did."""
-        self._raise_error()
-        self._queue.put(table)
-
-    def __enter__(self) -> CsvWriteBehind:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if exc_type is None:
-            self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise PipelineError(f"cannot write predictions to {self.path}: {self._error}") from self._error
-
-    def _run(self) -> None:
-        writer = None
-        try:
-            while (table := self._queue.get()) is not None:
-                if writer is None:
-                    writer = pa_csv.CSVWriter(self.path, table.schema, write_options=_CSV_OPTIONS)
-                writer.write_table(table)
-            if writer is not None:
-                writer.close()
-        except (OSError, pa.ArrowException) as err:
-            self._error = err
-            while self._queue.get() is not None:  # the producer must never block on a full queue
-                pass
 
 
 def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
@@ -420,55 +372,6 @@ def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.n
     if values.size != len(X):
         raise PipelineError(f"the model returned {values.shape} values for {len(X)} rows, expected one per row")
     return values.reshape(-1)
-
-
-def read_ahead(items: Iterable[T], depth: int = _READ_AHEAD) -> Iterator[T]:
-    """Yields what `items` yields, produced by a background thread up to `depth` items ahead.
-
-    Parsing a CSV chunk releases the GIL, so the next chunks are read while this one is scored
-    and written: on two cores the step runs about as fast as reading alone. An exception of
-    the producer is raised here, unchanged; stopping early stops the thread.
-    """
-    queue: Queue[tuple[object, BaseException | None]] = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[object, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(entry, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as err:  # handed to the consumer, which raises it
-            put((_DONE, err))
-        finally:
-            getattr(iterator, "close", lambda: None)()
-
-    thread = threading.Thread(target=produce, name="predict-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, err = queue.get()
-            if err is not None:
-                raise err
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-_DONE = object()
 
 
 def _publish(temporary: str, output: Path) -> None:

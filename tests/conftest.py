@@ -85,17 +85,24 @@ def _restored_tracking() -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-def _activated(store: Store) -> Iterator[str]:
+@contextmanager
+def using(store: Store) -> Iterator[str]:
+    """Makes `store` active for the block (this process and its subprocesses), then restores."""
     with _restored_tracking():
         activate(store)
         yield store.uri
+
+
+def _activated(store: Store) -> Iterator[str]:
+    with using(store) as uri:
+        yield uri
 
 
 def _built_store(factory: pytest.TempPathFactory, empty_db: Path, name: str, build) -> Store:
     """A new store in which `build()` ran; the process's tracking URI is restored afterwards."""
     store = Store(factory.mktemp(name))
     shutil.copy(empty_db, store.root / "mlflow.db")
-    for _ in _activated(store):
+    with using(store):
         build()
     return store
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import data, monitor
 from pipeline.config import FEATURES, TARGET
 from pipeline.errors import DataError, RejectedError
-from tests.conftest import ROOT, Store, activate
+from tests.conftest import ROOT, Store, using
 
 DRIFT_KEYS = {f"drift_{c}_{s}" for c in (*FEATURES, "prediction") for s in ("ks_p", "wasserstein", "psi")}
 DECISION_KEYS = {"drifted_feature_count", "drift_detected", "prediction_drift"}
@@ -70,19 +70,12 @@ def monitored(pipeline_store: Store, tmp_path_factory: pytest.TempPathFactory, b
     """A private copy of the pipeline store, and the monitor run on three batches (once)."""
     store = Store(tmp_path_factory.mktemp("monitor-store"))
     shutil.copy(pipeline_store.root / "mlflow.db", store.root / "mlflow.db")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(store)
-    try:
+    with using(store):
         no_drift = monitor.monitor(str(batches.no_drift))
         with pytest.raises(RejectedError) as shifted:
             monitor.monitor(str(batches.shifted), fail_on_drift=True)
         north = monitor.monitor(str(batches.north))
         yield Monitored(store, no_drift, shifted.value, north)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def monitor_runs(store: Store) -> list[mlflow.entities.Run]:
@@ -153,20 +146,20 @@ def test_small_batch_and_bad_schema_are_refused_before_any_run(
     monitored: Monitored, batches: Batches, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = len(monitor_runs(monitored.store))
-    activate(monitored.store)
-    with pytest.raises(DataError, match=r"the batch has 150 rows, fewer than min_batch=200"):
-        monitor.monitor(str(batches.small))
-    assert monitor.main(["--batch", str(batches.extra_column)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: {batches.extra_column}: unexpected column(s) Ocean (expected {', '.join((*FEATURES, TARGET))})"
-    )
-    assert monitor.main(["--batch", str(batches.small), "--min-batch", "0"]) == 2
-    assert "min_batch must be a positive number of rows, got 0" in capsys.readouterr().err
-    assert len(monitor_runs(monitored.store)) == before
-    # A lower min_batch accepts the same small batch.
-    assert monitor.main(["--batch", str(batches.small), "--min-batch", "100", "--fail-on-drift", "true"]) == 0
-    assert capsys.readouterr().out.startswith("No drift in 150 rows (run ")
-    assert len(monitor_runs(monitored.store)) == before + 1
+    with using(monitored.store):
+        with pytest.raises(DataError, match=r"the batch has 150 rows, fewer than min_batch=200"):
+            monitor.monitor(str(batches.small))
+        assert monitor.main(["--batch", str(batches.extra_column)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {batches.extra_column}: unexpected column(s) Ocean (expected {', '.join((*FEATURES, TARGET))})"
+        )
+        assert monitor.main(["--batch", str(batches.small), "--min-batch", "0"]) == 2
+        assert "min_batch must be a positive number of rows, got 0" in capsys.readouterr().err
+        assert len(monitor_runs(monitored.store)) == before
+        # A lower min_batch accepts the same small batch.
+        assert monitor.main(["--batch", str(batches.small), "--min-batch", "100", "--fail-on-drift", "true"]) == 0
+        assert capsys.readouterr().out.startswith("No drift in 150 rows (run ")
+        assert len(monitor_runs(monitored.store)) == before + 1
 
 
 def test_mlproject_command_parses_with_the_step_flags() -> None:

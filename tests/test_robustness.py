@@ -6,7 +6,6 @@ them, through the registry.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import mlflow
@@ -17,7 +16,7 @@ import pytest
 from pipeline import data, registry, tracking
 from pipeline.config import FEATURES, MODEL_NAME
 from pipeline.metrics import regression_metrics
-from tests.conftest import Store, activate
+from tests.conftest import Store, using
 
 MODEL_ALIASES = ["challenger", "quantized"]
 
@@ -36,16 +35,9 @@ class Loaded:
 
 @pytest.fixture(scope="module", params=MODEL_ALIASES)
 def loaded(request: pytest.FixtureRequest, pipeline_store: Store) -> Loaded:
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    activate(pipeline_store)
-    try:
+    with using(pipeline_store):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{request.param}")
         split, _ = tracking.load_split(registry.version_by_alias(request.param).run_id)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
     return Loaded(request.param, model, split)
 
 

@@ -21,7 +21,7 @@ import requests
 from pipeline import data
 from pipeline.config import MODEL_NAME
 from pipeline.predict import PREDICTION, predict
-from tests.conftest import Store, _activated
+from tests.conftest import Store, using
 
 pytestmark = pytest.mark.integration
 
@@ -121,12 +121,8 @@ def expected(
     """What `predict` writes for the batch with the served alias's model."""
     folder = tmp_path_factory.mktemp(f"expected-{server.alias}")
     batch.to_csv(folder / "batch.csv", index=False)
-    activation = _activated(scoring_store)
-    next(activation)
-    try:
+    with using(scoring_store):
         result = predict(f"models:/{MODEL_NAME}@{server.alias}", str(folder / "batch.csv"), folder / "out.csv")
-    finally:
-        activation.close()
     return pd.read_csv(result.output_path)[PREDICTION].to_numpy()
 
 
