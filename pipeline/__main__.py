@@ -5,6 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
+# Imported first on purpose: skops (MLflow's safe format for scikit-learn models) looks up each
+# of its ~870 trusted types in every loaded module, so importing it before MLflow's ~2,000
+# modules are loaded makes a step start about 1.4 s sooner (measured: 11.4 s -> 10.0 s, train).
+import skops.io  # noqa: F401
+
 STEPS = ("train", "quantize", "promote", "predict", "monitor", "main")
 
 
