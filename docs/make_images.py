@@ -1,0 +1,140 @@
+"""Makes the README's pictures from real runs: plots the runs logged, and MLflow UI screenshots.
+
+    python docs/make_images.py [--out docs/images]
+
+Runs the whole pipeline into a fresh tracking directory, through a local tracking server on
+127.0.0.1, and photographs the server's UI in headless Chromium (the runs table with the float
+and quantized runs side by side, the registered model with its aliases); then adds an int8..int2
+quantization sweep and a drift check on a one-region batch, and copies the plots all those runs
+logged.
+
+Needs Playwright (`pip install -e ".[docs]"`) and a Chromium (Debian: `apt-get install
+chromium`; set CHROMIUM to use another binary). Playwright only drives it: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline import store, tracking
+from pipeline.config import EXPERIMENT_NAME, MODEL_NAME, TARGET
+from pipeline.main import PipelineResult, run_pipeline
+from pipeline.monitor import monitor
+from pipeline.quantize import quantize
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Runs whose artifact (run name, path in the run) becomes a README picture (file name).
+PLOTS = {
+    "predicted_vs_actual.png": ("train", "plots/predicted_vs_actual.png"),
+    "residuals.png": ("train", "plots/residuals.png"),
+    "quantized_vs_float.png": ("quantize-int8", "plots/quantized_vs_float.png"),
+    "coefficients_float_vs_quantized.png": ("quantize-int8", "plots/coefficients.png"),
+    "frontier.png": ("quantize-sweep", "plots/frontier.png"),
+    "drift_report.png": ("monitor", "drift/report.png"),
+}
+
+
+def make_more_runs(pipeline: PipelineResult, work: Path) -> None:
+    """Adds a quantization sweep and a drift check on one region (rows north of 37°N)."""
+    quantize(pipeline.train.model_uri, bits=8, sweep=True)
+    split, _ = tracking.load_split(pipeline.train.run_id)
+    held_out = split.X_test.assign(**{TARGET: split.y_test})
+    batch = work / "north_of_37.csv"
+    held_out[held_out["Latitude"] > 37].to_csv(batch, index=False)
+    monitor(str(batch))
+
+
+def copy_plots(out: Path) -> None:
+    """Copies each run's plot that the README shows into `out`."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+    by_name: dict[str, str] = {}
+    for run in runs:
+        by_name.setdefault(run.data.tags.get("mlflow.runName", ""), run.info.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        for file_name, (run_name, artifact) in PLOTS.items():
+            local = mlflow.artifacts.download_artifacts(run_id=by_name[run_name], artifact_path=artifact, dst_path=tmp)
+            shutil.copy(local, out / file_name)
+            print(f"{out / file_name}  <- run {run_name!r}, {artifact}")
+
+
+def screenshots(url: str, out: Path) -> None:
+    """Photographs the runs table and the registered model page of the UI at `url`."""
+    from playwright.sync_api import sync_playwright
+
+    experiment_id = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_FLAGS
+        )
+        context = browser.new_context(viewport={"width": 1600, "height": 520})
+        # The assistant panel opens itself on a first visit and would cover the table.
+        context.add_init_script(
+            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+        )
+        page = context.new_page()
+        page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+        page.get_by_text("Model training").first.click()
+        # Train and quantize runs are the ones that log param_bytes: the float/quantized pair.
+        search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
+        search.wait_for()
+        search.fill("metrics.param_bytes > 0")
+        search.press("Enter")
+        page.wait_for_timeout(2000)
+        page.get_by_role("button", name="Columns").click()
+        for attribute in ("Dataset", "Source", "Models"):
+            page.get_by_text(attribute, exact=True).last.click()
+        column_search = page.get_by_placeholder("Search columns")
+        for metric in ("test_r2", "test_mse", "test_mae", "r2_delta", "param_bytes", "model_size_bytes"):
+            column_search.fill(metric)
+            page.get_by_text(metric, exact=True).last.click()
+        page.keyboard.press("Escape")
+        # Unfold the `pipeline` parent run to show its `train` and `quantize-int8` children.
+        page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").first.click()
+        page.get_by_text("quantize-int8", exact=True).wait_for()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=out / "mlflow-runs.png")
+        page.set_viewport_size({"width": 1600, "height": 760})
+        page.goto(f"{url}/#/models/{MODEL_NAME}")
+        page.get_by_text("Version 2", exact=True).wait_for()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=out / "mlflow-model.png")
+        browser.close()
+    print(f"{out / 'mlflow-runs.png'}\n{out / 'mlflow-model.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "images")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="housing-images-") as tmp:
+        work = Path(tmp)
+        with store.local_server(work / "tracking") as url:
+            os.environ["MLFLOW_TRACKING_URI"] = url
+            mlflow.set_tracking_uri(url)
+            pipeline = run_pipeline()
+            screenshots(url, args.out)
+            make_more_runs(pipeline, work)
+            copy_plots(args.out)
+
+
+if __name__ == "__main__":
+    main()
