@@ -297,9 +297,9 @@ def _evaluate(
 
 def _move_champion(run_id: str, winner: ModelVersion, current: ModelVersion | None, reason: str) -> None:
     client = MlflowClient()
-    client.set_registered_model_alias(MODEL_NAME, ALIAS_CHAMPION, winner.version)
+    registry.set_alias(ALIAS_CHAMPION, winner.version)
     if current is not None:
-        client.set_registered_model_alias(MODEL_NAME, ALIAS_PREVIOUS_CHAMPION, current.version)
+        registry.set_alias(ALIAS_PREVIOUS_CHAMPION, current.version)
     for key, value in {"promotion.reason": reason, "promotion.run_id": run_id}.items():
         client.set_model_version_tag(MODEL_NAME, winner.version, key, value)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -39,9 +40,27 @@ def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
         The new model version.
     """
     version = mlflow.register_model(model_uri, MODEL_NAME, tags={k: str(v) for k, v in tags.items()})
-    MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version.version)
+    set_alias(alias, version.version)
     log.info("registered %s version %s, alias %r", MODEL_NAME, version.version, alias)
     return version
+
+
+def set_alias(alias: str, version: str | int, attempts: int = 5) -> None:
+    """Points `alias` of `california-housing` at `version`.
+
+    MLflow moves an alias by deleting and inserting a row; two processes moving the same alias
+    at once (pipelines sharing a SQLite store) make the loser fail on the table's unique key.
+    Setting an alias is idempotent, so the loser simply tries again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
+            return
+        except MlflowException as err:
+            if "UNIQUE constraint failed" not in str(err) or attempt == attempts:
+                raise
+            log.info("alias %r was moved by another process at the same time; retrying", alias)
+            time.sleep(0.05 * attempt)
 
 
 def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:

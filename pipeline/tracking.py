@@ -102,8 +102,11 @@ def step_run(
     elif os.environ.get("MLFLOW_RUN_ID"):
         context = mlflow.start_run(run_name=_cli_run_name(run_name), description=description)
     else:
-        ensure_experiment(experiment_name)
-        context = mlflow.start_run(run_name=run_name, description=description)
+        # By id: when another process creates the experiment at the same moment, MLflow 3.17's
+        # set_experiment returns it without making it active, and the run would go to Default.
+        context = mlflow.start_run(
+            experiment_id=ensure_experiment(experiment_name), run_name=run_name, description=description
+        )
     with context as run:
         if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
             _check_cli_experiment(run, experiment_name)
