@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import tracking
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_QUANTIZED, MODEL_NAME
 from pipeline.errors import PipelineError
 
@@ -45,22 +45,16 @@ def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
     return version
 
 
-def set_alias(alias: str, version: str | int, attempts: int = 5) -> None:
+def set_alias(alias: str, version: str | int) -> None:
     """Points `alias` of `california-housing` at `version`.
 
-    MLflow moves an alias by deleting and inserting a row; two processes moving the same alias
-    at once (pipelines sharing a SQLite store) make the loser fail on the table's unique key.
-    Setting an alias is idempotent, so the loser simply tries again.
+    MLflow moves an alias by deleting and inserting a row, so two processes moving the same
+    alias at once make one fail on the table's unique key; moving an alias is idempotent, so
+    that one simply tries again.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
-            return
-        except MlflowException as err:
-            if "UNIQUE constraint failed" not in str(err) or attempt == attempts:
-                raise
-            log.info("alias %r was moved by another process at the same time; retrying", alias)
-            time.sleep(0.05 * attempt)
+    tracking.retry_lost_race(
+        lambda: MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version), f"alias {alias!r}"
+    )
 
 
 def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:

@@ -12,17 +12,20 @@ import logging
 import os
 import re
 import subprocess
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
@@ -31,6 +34,8 @@ from pipeline.config import EXPERIMENT_NAME, MODEL_REQUIREMENTS, SKLEARN_SOURCE,
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")
 
@@ -43,6 +48,10 @@ def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
             (`mlflow-artifacts:/`) but the tracking URI is a database file (mlflow#7819).
     """
     experiment = mlflow.set_experiment(name)
+    # When another process creates the experiment at the same moment, MLflow 3.17's
+    # set_experiment returns it without making it active, and runs (nested ones too) would go to
+    # Default; activating it by id always activates it.
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     check_artifact_root(experiment.artifact_location, name)
     return experiment.experiment_id
 
@@ -102,11 +111,8 @@ def step_run(
     elif os.environ.get("MLFLOW_RUN_ID"):
         context = mlflow.start_run(run_name=_cli_run_name(run_name), description=description)
     else:
-        # By id: when another process creates the experiment at the same moment, MLflow 3.17's
-        # set_experiment returns it without making it active, and the run would go to Default.
-        context = mlflow.start_run(
-            experiment_id=ensure_experiment(experiment_name), run_name=run_name, description=description
-        )
+        ensure_experiment(experiment_name)
+        context = mlflow.start_run(run_name=run_name, description=description)
     with context as run:
         if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
             _check_cli_experiment(run, experiment_name)
@@ -184,16 +190,33 @@ def log_dataset_inputs(split: data_mod.Split, dataset: data_mod.Dataset) -> None
         ("evaluation", split.X_test, split.y_test),
     ):
         frame = X.assign(**{y.name: y})
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                frame,
-                source=source,
-                targets=y.name,
-                name=f"california-housing-{context}",
-                digest=data_mod.to_dataset(frame, dataset.source).digest,
-            ),
-            context=context,
+        logged = mlflow.data.from_pandas(
+            frame,
+            source=source,
+            targets=y.name,
+            name=f"california-housing-{context}",
+            digest=data_mod.to_dataset(frame, dataset.source).digest,
         )
+        # Concurrent pipelines log the same data set; MLflow inserts it once per experiment.
+        retry_lost_race(partial(mlflow.log_input, logged, context=context), f"data set {logged.name!r}")
+
+
+def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Runs an idempotent MLflow write again when it lost a race with another process.
+
+    With processes sharing a SQLite store, MLflow's check-then-insert writes (moving an alias,
+    logging a data set an experiment already has) can fail on a unique key when another process
+    did the same at the same moment; the next attempt finds the row and succeeds.
+    """
+    for attempt in range(1, attempts):
+        try:
+            return call()
+        except MlflowException as err:
+            if "UNIQUE constraint failed" not in str(err):
+                raise
+            log.info("%s was written by another process at the same time; retrying", what)
+            time.sleep(0.05 * attempt)
+    return call()
 
 
 def dataset_source(source: str) -> DatasetSource:
