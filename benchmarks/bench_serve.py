@@ -28,8 +28,9 @@ from bench_predict import OUT, ROOT, STORE, ensure_models, tracking_env
 
 # The integration tests' way to start and stop a real server, reused.
 sys.path.insert(0, str(ROOT))
+from pipeline.store import stop
 from tests.conftest import Store
-from tests.test_serve import launch, stop, wait_until_up
+from tests.test_serve import launch, wait_until_up
 
 CLIENTS = 8
 

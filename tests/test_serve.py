@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,8 @@ import requests
 from pipeline import data
 from pipeline.config import MODEL_NAME
 from pipeline.predict import PREDICTION, predict
+from pipeline.store import free_port, stop
+from pipeline.store import wait_until_up as wait_for_url
 from tests.conftest import Store, using
 
 pytestmark = pytest.mark.integration
@@ -37,12 +36,6 @@ class Server:
     alias: str
     url: str
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(alias: str, store: Store, log: Path) -> tuple[subprocess.Popen[bytes], Server]:
@@ -64,26 +57,8 @@ def launch(alias: str, store: Store, log: Path) -> tuple[subprocess.Popen[bytes]
 
 
 def wait_until_up(process: subprocess.Popen[bytes], server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{server.url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"server not up after {STARTUP_TIMEOUT} s:\n{server.log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    """Waits for the server's /ping, failing with the tail of its log if it dies or hangs."""
+    wait_for_url(f"{server.url}/ping", process, STARTUP_TIMEOUT, server.log)
 
 
 @pytest.fixture(scope="module")
