@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import pyarrow.csv as pa_csv
 from pipeline import cli, data, registry, tracking
 from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, TARGET
 from pipeline.errors import PipelineError
+from pipeline.metrics import RunningErrors
 
 log = logging.getLogger(__name__)
 
@@ -75,57 +75,6 @@ class PredictResult:
     rows_per_second: float
     metrics: dict[str, float]
     sample: pd.DataFrame = field(repr=False)
-
-
-class RunningErrors:
-    """The test_* metrics of `metrics.regression_metrics`, accumulated chunk by chunk.
-
-    Keeping every target and prediction would make memory grow with the file; these sums do
-    not. The variance of the target is merged with Chan et al.'s pairwise update, which stays
-    accurate where the textbook sum of squares loses digits.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._mean = 0.0
-        self._m2 = 0.0
-        self._sse = 0.0
-        self._sae = 0.0
-
-    def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
-        """Adds one chunk of targets and predictions."""
-        n_chunk = len(y_true)
-        if n_chunk == 0:
-            return
-        mean_chunk = float(y_true.mean())
-        m2_chunk = float(np.square(y_true - mean_chunk).sum())
-        total = self.n + n_chunk
-        delta = mean_chunk - self._mean
-        self._m2 += m2_chunk + delta * delta * self.n * n_chunk / total
-        self._mean += delta * n_chunk / total
-        self.n = total
-        residual = y_pred - y_true
-        self._sse += float(residual @ residual)
-        self._sae += float(np.abs(residual).sum())
-
-    def metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """R², MSE, RMSE and MAE of everything added, keyed like `regression_metrics`."""
-        if self.n == 0:
-            return {}
-        mse = self._sse / self.n
-        # scikit-learn's conventions: R² is undefined for one row, 1 or 0 for a constant target.
-        if self.n < 2:
-            r2 = math.nan
-        elif self._m2 == 0.0:
-            r2 = 1.0 if self._sse == 0.0 else 0.0
-        else:
-            r2 = 1.0 - self._sse / self._m2
-        return {
-            f"{prefix}r2": r2,
-            f"{prefix}mse": mse,
-            f"{prefix}rmse": math.sqrt(mse),
-            f"{prefix}mae": self._sae / self.n,
-        }
 
 
 class Progress:

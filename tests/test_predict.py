@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import data, registry, tracking
 from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, TARGET
 from pipeline.errors import DataError, PipelineError
-from pipeline.metrics import regression_metrics
-from pipeline.predict import ERROR, PREDICTION, RunningErrors, format_report, main, predict, score
+from pipeline.metrics import RunningErrors, regression_metrics
+from pipeline.predict import ERROR, PREDICTION, format_report, main, predict, score
 
 # One alias per flavor: the float (scikit-learn) model and the quantized (python_function) one.
 SCORED_ALIASES = ["challenger", "quantized"]
