@@ -4,7 +4,8 @@
     python benchmarks/bench_serve.py --alias quantized --requests 100
 
 For each alias a real server starts on 127.0.0.1 (a free port, `--env-manager local`, one
-worker: MLflow's default), from the store `bench_predict.py` fills once in benchmarks/out/. Then:
+worker: MLflow's default), from the store `bench_predict.py` fills once in benchmarks/out/; the
+servers run side by side and take turns, so both see the same machine. Then:
 - p50/p95 latency of sequential `dataframe_split` requests of 1 row and of 1000 rows;
 - requests/s of 1-row requests from 8 concurrent clients (threads, one connection each).
 The client runs on the same machine, so it takes CPU from the server: figures are a floor.
@@ -55,52 +56,79 @@ def post(session: requests.Session, url: str, payload: str) -> float:
     return elapsed
 
 
-def latency(url: str, payload: str, count: int) -> tuple[float, float]:
-    """p50 and p95 in milliseconds of `count` sequential requests, after 10 warm-up requests."""
-    with requests.Session() as session:
-        for _ in range(10):
-            post(session, url, payload)
-        times = sorted(post(session, url, payload) for _ in range(count))
-    return statistics.median(times) * 1000, times[min(len(times) - 1, int(0.95 * len(times)))] * 1000
+def latency(urls: dict[str, str], payload: str, count: int) -> dict[str, tuple[float, float]]:
+    """p50 and p95 in milliseconds per server of `count` sequential requests, after 10 warm-ups.
+
+    The servers take turns request by request, first one then the other, so a change in machine
+    speed during the loop slows both alike.
+    """
+    sessions = {alias: requests.Session() for alias in urls}
+    times: dict[str, list[float]] = {alias: [] for alias in urls}
+    try:
+        for alias, url in urls.items():
+            for _ in range(10):
+                post(sessions[alias], url, payload)
+        for i in range(count):
+            for alias in list(urls)[:: 1 if i % 2 == 0 else -1]:
+                times[alias].append(post(sessions[alias], urls[alias], payload))
+    finally:
+        for session in sessions.values():
+            session.close()
+    return {
+        alias: (statistics.median(t) * 1000, sorted(t)[min(len(t) - 1, int(0.95 * len(t)))] * 1000)
+        for alias, t in times.items()
+    }
 
 
-def throughput(url: str, payload: str, per_client: int) -> float:
-    """Requests per second with `CLIENTS` clients each sending `per_client` requests back to back."""
+def throughput(urls: dict[str, str], payload: str, per_client: int, rounds: int = 4) -> dict[str, float]:
+    """Requests per second per server, `CLIENTS` clients each sending requests back to back.
 
-    def client(_: int) -> int:
+    Each server gets `rounds` turns of `per_client / rounds` requests per client, alternating.
+    """
+
+    def client(url: str, count: int) -> int:
         with requests.Session() as session:
-            for _ in range(per_client):
+            for _ in range(count):
                 post(session, url, payload)
-        return per_client
+        return count
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        total = sum(pool.map(client, range(CLIENTS)))
-    return total / (time.perf_counter() - started)
+    done = dict.fromkeys(urls, 0)
+    seconds = dict.fromkeys(urls, 0.0)
+    count = max(per_client // rounds, 1)
+    for turn in range(rounds):
+        for alias in list(urls)[:: 1 if turn % 2 == 0 else -1]:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                done[alias] += sum(pool.map(client, [urls[alias]] * CLIENTS, [count] * CLIENTS))
+            seconds[alias] += time.perf_counter() - started
+    return {alias: done[alias] / seconds[alias] for alias in urls}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alias", nargs="+", default=["challenger", "quantized"])
-    parser.add_argument("--requests", type=int, default=300, help="sequential requests per latency figure")
-    parser.add_argument("--per-client", type=int, default=100, help="requests per concurrent client")
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests per server and figure")
+    parser.add_argument("--per-client", type=int, default=100, help="requests per concurrent client and server")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     ensure_models()
     one, thousand = body(1), body(1000)
-    for alias in args.alias:
-        process, server = launch(alias, Store(STORE), OUT / f"serve-{alias}.log")
-        try:
+    launched = {alias: launch(alias, Store(STORE), OUT / f"serve-{alias}.log") for alias in args.alias}
+    try:
+        for process, server in launched.values():
             wait_until_up(process, server)
-            p50_1, p95_1 = latency(server.url, one, args.requests)
-            p50_1k, p95_1k = latency(server.url, thousand, max(args.requests // 3, 20))
-            rps = throughput(server.url, one, args.per_client)
-        finally:
+        urls = {alias: server.url for alias, (_, server) in launched.items()}
+        single = latency(urls, one, args.requests)
+        batch = latency(urls, thousand, max(args.requests // 3, 20))
+        rps = throughput(urls, one, args.per_client)
+    finally:
+        for process, _ in launched.values():
             stop(process)
+    for alias in args.alias:
         print(
-            f"{alias:<10}  1 row: p50 {p50_1:6.1f} ms  p95 {p95_1:6.1f} ms   "
-            f"1000 rows: p50 {p50_1k:6.1f} ms  p95 {p95_1k:6.1f} ms   "
-            f"{CLIENTS} clients: {rps:6.0f} req/s",
+            f"{alias:<10}  1 row: p50 {single[alias][0]:6.2f} ms  p95 {single[alias][1]:6.2f} ms   "
+            f"1000 rows: p50 {batch[alias][0]:6.2f} ms  p95 {batch[alias][1]:6.2f} ms   "
+            f"{CLIENTS} clients: {rps[alias]:6.0f} req/s",
             flush=True,
         )
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
@@ -43,6 +43,7 @@ from pipeline.config import (
     MODEL_NAME,
     TARGET,
 )
+from pipeline.data import Split
 from pipeline.errors import PipelineError, RejectedError
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,10 @@ def promote(
     for label, version in versions.items():
         if version is None:
             raise PipelineError(f"candidate {label!r} ({candidates[label]}) is not a registered model version")
-    split = _common_held_out_set(versions)
-    eval_data = split.X_test.assign(**{TARGET: split.y_test})
+    split, source = _common_held_out_set(versions)
+    eval_data = tracking.mlflow_dataset(
+        split.X_test.assign(**{TARGET: split.y_test}), source, "california-housing-evaluation"
+    )
     with tracking.step_run(
         "promote", run_name="promote", description="Promotion gate", experiment_name=experiment_name
     ) as run:
@@ -228,7 +231,7 @@ def rollback(experiment_name: str = EXPERIMENT_NAME) -> PromoteResult:
 def _decide(
     run_id: str,
     versions: Mapping[str, ModelVersion],
-    eval_data: pd.DataFrame,
+    eval_data: PandasDataset,
     min_r2: float,
     max_r2_drop: float,
     quantized_tolerance: float,
@@ -264,7 +267,7 @@ def _decide(
 
 
 def _evaluate(
-    label: str, version: ModelVersion, eval_data: pd.DataFrame, thresholds: Mapping[str, float]
+    label: str, version: ModelVersion, eval_data: PandasDataset, thresholds: Mapping[str, float]
 ) -> tuple[dict[str, float], list[str]]:
     """Evaluates one version in a nested run and gates its test R² against each threshold.
 
@@ -276,7 +279,6 @@ def _evaluate(
         result = mlflow.models.evaluate(
             model=f"models:/{version.name}/{version.version}",
             data=eval_data,
-            targets=TARGET,
             model_type="regressor",
             evaluators=["default"],
             evaluator_config={"default": {"log_model_explainability": False}},
@@ -304,24 +306,24 @@ def _move_champion(run_id: str, winner: ModelVersion, current: ModelVersion | No
         client.set_model_version_tag(MODEL_NAME, winner.version, key, value)
 
 
-def _common_held_out_set(versions: Mapping[str, ModelVersion]):
-    """The held-out rows all candidates were evaluated on when they were made.
+def _common_held_out_set(versions: Mapping[str, ModelVersion]) -> tuple[Split, str]:
+    """The held-out rows all candidates were evaluated on when they were made, and their source.
 
     Raises:
         PipelineError: The candidates were made on different splits or data.
     """
-    records = {}
+    rows = {}
     for label, version in versions.items():
         split, record = tracking.load_split(version.run_id)
-        records[label] = (record["digest"], record["test_index"])
-    first_label, first = next(iter(records.items()))
-    for label, record in records.items():
-        if record != first:
+        rows[label] = (record["digest"], record["test_index"])
+    first_label, first = next(iter(rows.items()))
+    for label, held_out in rows.items():
+        if held_out != first:
             raise PipelineError(
                 f"candidates {first_label!r} and {label!r} were evaluated on different held-out rows; "
                 "promote compares models made from one training run"
             )
-    return split
+    return split, record["source"]
 
 
 @contextmanager

@@ -22,15 +22,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from pipeline import data as data_mod
-from pipeline.config import EXPERIMENT_NAME, MODEL_REQUIREMENTS, SKLEARN_SOURCE, SKLEARN_SOURCE_URL, SPLIT_ARTIFACT
+from pipeline.config import (
+    EXPERIMENT_NAME,
+    MODEL_REQUIREMENTS,
+    SKLEARN_SOURCE,
+    SKLEARN_SOURCE_URL,
+    SPLIT_ARTIFACT,
+    TARGET,
+)
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -184,21 +193,28 @@ def model_requirements() -> list[str]:
 
 def log_dataset_inputs(split: data_mod.Split, dataset: data_mod.Dataset) -> None:
     """Logs the training and evaluation sets as run inputs, with a real source and digest."""
-    source = dataset_source(dataset.source)
     for context, X, y in (
         ("training", split.X_train, split.y_train),
         ("evaluation", split.X_test, split.y_test),
     ):
-        frame = X.assign(**{y.name: y})
-        logged = mlflow.data.from_pandas(
-            frame,
-            source=source,
-            targets=y.name,
-            name=f"california-housing-{context}",
-            digest=data_mod.to_dataset(frame, dataset.source).digest,
-        )
+        logged = mlflow_dataset(X.assign(**{y.name: y}), dataset.source, f"california-housing-{context}")
         # Concurrent pipelines log the same data set; MLflow inserts it once per experiment.
         retry_lost_race(partial(mlflow.log_input, logged, context=context), f"data set {logged.name!r}")
+
+
+def mlflow_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset:
+    """MLflow's data set for a validated frame with its target, with a real source and our digest.
+
+    MLflow infers its schema once, on first use, by checking every cell; build it once and pass
+    the same object to every call that logs or evaluates on it.
+    """
+    return mlflow.data.from_pandas(
+        frame,
+        source=dataset_source(source),
+        targets=TARGET,
+        name=name,
+        digest=data_mod.to_dataset(frame, source).digest,
+    )
 
 
 def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
