@@ -7,7 +7,8 @@ For each alias a real server starts on 127.0.0.1 (a free port, `--env-manager lo
 worker: MLflow's default), from the store `bench_predict.py` fills once in benchmarks/out/; the
 servers run side by side and take turns, so both see the same machine. Then:
 - p50/p95 latency of sequential `dataframe_split` requests of 1 row and of 1000 rows;
-- requests/s of 1-row requests from 8 concurrent clients (threads, one connection each).
+- requests/s of 1-row requests from 8 concurrent clients (threads, one connection each);
+- then, for comparison, p50 of `pyfunc.predict` in this process, without HTTP and JSON.
 The client runs on the same machine, so it takes CPU from the server: figures are a floor.
 Every loop is bounded in requests; only 127.0.0.1 is contacted.
 
@@ -104,6 +105,30 @@ def throughput(urls: dict[str, str], payload: str, per_client: int, rounds: int 
     return {alias: done[alias] / seconds[alias] for alias in urls}
 
 
+def in_process(aliases: list[str], rows: tuple[int, ...] = (1, 1000), calls: int = 500) -> None:
+    """Prints p50 of `pyfunc.predict` alone, without HTTP and JSON, per alias and request size."""
+    os.environ.update(tracking_env())
+    import mlflow
+
+    from pipeline import data
+
+    frame = data.load_california().X
+    for alias in aliases:
+        model = mlflow.pyfunc.load_model(f"models:/california-housing@{alias}")
+        figures = []
+        for n in rows:
+            batch = frame.head(n)
+            for _ in range(20):
+                model.predict(batch)
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                model.predict(batch)
+                times.append(time.perf_counter() - started)
+            figures.append(f"{n} row(s) p50 {statistics.median(times) * 1000:.2f} ms")
+        print(f"{alias:<10}  in-process pyfunc.predict: {', '.join(figures)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alias", nargs="+", default=["challenger", "quantized"])
@@ -124,6 +149,7 @@ def main() -> None:
     finally:
         for process, _ in launched.values():
             stop(process)
+    in_process(args.alias)
     for alias in args.alias:
         print(
             f"{alias:<10}  1 row: p50 {single[alias][0]:6.2f} ms  p95 {single[alias][1]:6.2f} ms   "
