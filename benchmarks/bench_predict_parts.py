@@ -67,7 +67,7 @@ def main() -> None:
         timed("read in chunks and validate", chunks, args.repeat)
         timed(
             "score validated chunks",
-            lambda: [model_predictions(model, chunk[features].astype("float64")) for chunk in validated],
+            lambda: [model_predictions(model, chunk[features]) for chunk in validated],
             args.repeat,
         )
         timed("score and write validated chunks", lambda: score(model, validated, output), args.repeat)

@@ -35,7 +35,11 @@ ALIAS_PREVIOUS_CHAMPION = "previous-champion"
 
 CHAMPION_URI = f"models:/{MODEL_NAME}@{ALIAS_CHAMPION}"
 CHALLENGER_URI = f"models:/{MODEL_NAME}@{ALIAS_CHALLENGER}"
-QUANTIZED_URI = f"models:/{MODEL_NAME}@{ALIAS_QUANTIZED}"
+
+# Name of the model inside each run that logs one (train's float model, quantize's).
+MODEL_ARTIFACT = "model"
+# Column of predictions in `predict`'s output and `monitor`'s report.
+PREDICTION = "prediction"
 
 # Artifact written by every run that registers a model: which rows trained and tested it.
 SPLIT_ARTIFACT = "split.json"

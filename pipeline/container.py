@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tracking directory: mlflow.db + artifacts/ (default ${TRACKING_DIR_ENV} or %(default)s)",
     )
     commands = parser.add_subparsers(dest="command")
-    run_parser = commands.add_parser("run", help="train → quantize → promote, then predict the held-out rows")
-    run_parser.add_argument(
-        "pipeline_args", nargs=argparse.REMAINDER, help="flags for 'python -m pipeline main' (--bits 4, ...)"
+    commands.add_parser(
+        "run",
+        help="train → quantize → promote, then predict the held-out rows; "
+        "flags after 'run' go to 'python -m pipeline main' (run --bits 4)",
     )
     serve_parser = commands.add_parser("serve", help="serve the champion (runs the pipeline first if there is none)")
     serve_parser.add_argument("--host", default=SERVE_HOST, help="address to listen on (default %(default)s)")
@@ -186,15 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The container's own flags, and the flags `run` passes on to `python -m pipeline main`.
+
+    Exits with argparse's usage error (code 2) on flags no command takes.
+    """
+    parser = build_parser()
+    # Unknown flags are main's (argparse's REMAINDER would not take one that comes first).
+    args, pipeline_args = parser.parse_known_args(argv)
+    if pipeline_args and args.command not in (None, "run"):
+        parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
+    return args, pipeline_args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the container's command; returns the exit code."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args, pipeline_args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         return serve(args.tracking_dir, args.host, args.port)
     from pipeline import cli
 
     return cli.run(
-        lambda: run(args.tracking_dir, getattr(args, "pipeline_args", [])),
+        lambda: run(args.tracking_dir, pipeline_args),
         report=lambda output: print(
             f"Predictions: {output}\nTracking directory: {args.tracking_dir} (open it with: "
             f"{' '.join(store.server_command(args.tracking_dir))})"

@@ -58,10 +58,12 @@ class Split:
 
     @property
     def train_index(self) -> list[int]:
+        """Row labels of the training rows, as `split.json` records them."""
         return [int(i) for i in self.X_train.index]
 
     @property
     def test_index(self) -> list[int]:
+        """Row labels of the held-out rows, as `split.json` records them."""
         return [int(i) for i in self.X_test.index]
 
 
@@ -131,7 +133,8 @@ def read_csv_chunks(
                 continue
             validate_frame(chunk, origin=str(path), target=target)
             seen_rows = True
-            yield chunk[_expected_columns(chunk)]
+            # Whole-number columns read as int64; every step and model signature takes float64.
+            yield chunk[_expected_columns(chunk)].astype("float64")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
     except pd.errors.EmptyDataError:
@@ -175,7 +178,13 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
         raise DataError(f"{origin}: column(s) {', '.join(duplicated)} appear more than once")
     for column in _expected_columns(frame):
         values = frame[column]
-        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        if pd.api.types.is_bool_dtype(values):
+            # pandas reads a column of only True/False cells as booleans, which would pass as 1/0.
+            raise DataError(
+                f"{origin}: column {column!r}, row {int(frame.index[0]) + 1}: {str(values.iloc[0])!r} "
+                f"is not a number ({len(values)} such cell(s))"
+            )
+        if not pd.api.types.is_numeric_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
             bad = values[numeric.isna() & values.notna()]
             if len(bad):
@@ -198,8 +207,11 @@ def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
     """Splits a data set at random, reproducibly, like `sklearn.model_selection.train_test_split`.
 
     Raises:
-        DataError: Too few rows, or a `test_size` that leaves one side empty.
+        DataError: Too few rows, a `test_size` that leaves one side empty, or a `random_state`
+            numpy cannot seed with.
     """
+    if not 0 <= random_state < 2**32:
+        raise DataError(f"random_state must be between 0 and 2**32 - 1, got {random_state}")
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no {TARGET} column to train on")
     n_rows = len(dataset.X)

@@ -18,6 +18,7 @@ from pipeline import cli, tracking
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, EXPERIMENT_NAME, MODEL_NAME, RANDOM_STATE, TEST_SIZE
 from pipeline.promote import MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, PromoteResult, promote
 from pipeline.promote import report as report_promotion
+from pipeline.quantization import check_bits
 from pipeline.quantize import QuantizeResult, quantize
 from pipeline.train import TrainResult, train
 
@@ -58,6 +59,7 @@ def run_pipeline(
         DataError: The data cannot be used (nothing is logged beyond the failed parent run).
         RejectedError: No candidate passed the gate (exit code 3); `champion` is untouched.
     """
+    check_bits(bits)  # before train registers anything
     description = f"Pipeline: train → quantize (int{bits}) → promote, on {data_path or 'scikit-learn data'}"
     with tracking.step_run(
         "main", run_name="pipeline", description=description, experiment_name=experiment_name

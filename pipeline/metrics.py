@@ -8,6 +8,11 @@ import numpy as np
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 
+def float_param_bytes(coef: np.ndarray, intercept: float | np.ndarray) -> int:
+    """Bytes of a float linear model's numbers: its coefficients and intercept, as stored."""
+    return int(np.asarray(coef).nbytes + np.asarray(intercept).nbytes)
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "test_") -> dict[str, float]:
     """R², MSE, RMSE and MAE under the metric keys every run logs.
 

@@ -21,14 +21,14 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from pipeline import cli, data, drift, registry, tracking
-from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES
+from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
+from pipeline.predict import model_predictions
 
 log = logging.getLogger(__name__)
 
 MIN_BATCH = 200
-PREDICTION = "prediction"
 COLUMNS = (*FEATURES, PREDICTION)
 REPORT_ARTIFACT = "drift/report.png"
 SUMMARY_ARTIFACT = "drift/summary.csv"
@@ -103,15 +103,15 @@ def monitor(
         raise PipelineError("no batch given: pass --batch FILE.csv (the 8 features, MedHouseVal optional)")
     batch = data.load(batch_path, target=data.TARGET_OPTIONAL)
     _check_size(batch.source, "batch", len(batch.X), min_batch)
-    version = registry.resolve(model_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}" if version else model_uri)
+    version, load_uri = registry.pin(model_uri)
+    model = mlflow.pyfunc.load_model(load_uri)
     run_id = version.run_id if version else model.metadata.run_id
     reference = _load_reference(reference_path, run_id, model_uri)
     _check_size(reference.description, "reference", len(reference.X), min_batch)
 
-    batch_pred = _predict(model, batch.X)
+    batch_pred = model_predictions(model, batch.X)
     # The prediction is a ninth column, tested in the same family as the features.
-    ref_columns = np.column_stack([reference.X.to_numpy(), _predict(model, reference.X)])
+    ref_columns = np.column_stack([reference.X.to_numpy(), model_predictions(model, reference.X)])
     batch_columns = np.column_stack([batch.X.to_numpy(), batch_pred])
     result = drift.detect(ref_columns, batch_columns)
     drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))
@@ -192,10 +192,6 @@ def _load_reference(reference_path: str | None, run_id: str | None, model_uri: s
     return _Reference(
         split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
     )
-
-
-def _predict(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
-    return np.asarray(model.predict(X), dtype="float64").ravel()
 
 
 def _drift_metrics(result: drift.DriftResult, drifted_features: list[str], prediction_drift: bool) -> dict[str, float]:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from pipeline import cli, data, registry, tracking
-from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, TARGET
+from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
 
@@ -38,7 +38,6 @@ DEFAULT_OUTPUT = "predictions.csv"
 # small enough to keep memory flat (peak RSS about 400 MB for 1M and for 10M rows).
 DEFAULT_CHUNKSIZE = 200_000
 SAMPLE_ROWS = 10
-PREDICTION = "prediction"
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
 # Seconds to wait for a tracking server before saying it is unreachable (MLflow's own client
@@ -177,13 +176,15 @@ def predict(
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
     check_tracking_server()
-    version = registry.resolve(model_uri)
-    load_uri = f"models:/{version.name}/{version.version}" if version else model_uri
+    version, load_uri = registry.pin(model_uri)
     batch = open_csv(input_path, chunksize) if input_path else None
     model = mlflow.pyfunc.load_model(load_uri)
     batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
     show = sys.stderr.isatty() if progress is None else progress
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
     os.close(handle)
     try:
         started = time.perf_counter()
@@ -193,13 +194,14 @@ def predict(
         resolved = f"version {version.version}" if version else "no registered version"
         description = f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) into {output}."
         with tracking.step_run("predict", "predict", description, experiment_name) as run:
+            # As given (`mlflow run` has already logged these as spelled), then as resolved.
+            tracking.log_params({"model_uri": model_uri, "input": input_path or "", "output": str(output_path)})
             mlflow.log_params(
                 {
-                    "model_uri": model_uri,
                     "model_version": version.version if version else "",
                     "model_run_id": model.metadata.run_id or "",
-                    "input": batch.source,
-                    "output": str(output),
+                    "input_source": batch.source,
+                    "output_path": str(output),
                     "chunksize": chunksize,
                 }
             )
@@ -284,8 +286,7 @@ def score(
     writer = None
     try:
         for chunk in chunks:
-            # Whole numbers read as int64, which the models' float64 signature refuses.
-            pred = model_predictions(model, chunk[list(FEATURES)].astype("float64"))
+            pred = model_predictions(model, chunk[list(FEATURES)])
             columns = shown = {PREDICTION: pred}
             if TARGET in chunk.columns:
                 y = chunk[TARGET].to_numpy(dtype="float64")

@@ -23,8 +23,6 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow.data.pandas_dataset import PandasDataset
@@ -72,13 +70,16 @@ class Candidate:
 
     @property
     def quantized(self) -> bool:
+        """Whether the version is a quantized model (quantize tags it with its scheme)."""
         return "quantization" in self.version.tags
 
     @property
     def passed(self) -> bool:
+        """Whether the candidate met every threshold of the gate."""
         return not self.failures
 
     def describe(self) -> str:
+        """One line for the report: label, version, kind, test R² and the gate's verdict."""
         kind = self.version.tags.get("quantization", "float")
         verdict = "passed" if self.passed else "failed: " + "; ".join(self.failures)
         return f"{self.label} (v{self.version.version}, {kind}) test R² {self.metrics['test_r2']:.6f} {verdict}"
@@ -277,7 +278,7 @@ def _evaluate(
     with mlflow.start_run(run_name=f"evaluate-{label}-v{version.version}", nested=True) as run:
         mlflow.set_tags({"step": "evaluate", "model_version": str(version.version), "candidate": label})
         result = mlflow.models.evaluate(
-            model=f"models:/{version.name}/{version.version}",
+            model=registry.version_uri(version),
             data=eval_data,
             model_type="regressor",
             evaluators=["default"],
@@ -333,12 +334,11 @@ def _promotion_lock() -> Iterator[None]:
     Without it two pipelines could both read champion vN and both move it, losing one
     `previous-champion`. A tracking server has no such lock to take; there the last one wins.
     """
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    database = tracking.sqlite_database(mlflow.get_tracking_uri())
+    if database is None:
         yield
         return
-    lock_path = Path(urlparse(uri).path).with_suffix(".promote.lock")
-    with lock_path.open("a") as handle:
+    with database.with_suffix(".promote.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

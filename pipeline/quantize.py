@@ -24,15 +24,14 @@ from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, tracking
-from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_NAME
+from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, MODEL_NAME
 from pipeline.errors import PipelineError
-from pipeline.metrics import regression_metrics
+from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.quantization import check_bits, per_tensor_uint, quantize_linear
 from pipeline.quantized_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"
 MODEL_CODE = Path(__file__).with_name("quantized_model.py")
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
@@ -89,14 +88,14 @@ def load_source(model_uri: str) -> Source:
         PipelineError: Unknown alias or version, not a scikit-learn LinearRegression on the 8
             features, or no recorded split.
     """
-    version = registry.resolve(model_uri)
-    info = mlflow.models.get_model_info(model_uri)
+    version, load_uri = registry.pin(model_uri)
+    info = mlflow.models.get_model_info(load_uri)
     if "sklearn" not in info.flavors:
         raise PipelineError(
             f"{model_uri} is not a scikit-learn model (flavors: {', '.join(info.flavors)}); quantize takes "
             f"the float model, e.g. {CHALLENGER_URI}"
         )
-    model = mlflow.sklearn.load_model(model_uri)
+    model = mlflow.sklearn.load_model(load_uri)
     if not isinstance(model, LinearRegression):
         raise PipelineError(f"{model_uri} is a {type(model).__name__}; quantize takes a LinearRegression")
     names = [str(n) for n in getattr(model, "feature_names_in_", [])]
@@ -105,11 +104,6 @@ def load_source(model_uri: str) -> Source:
     split, record = tracking.load_split(info.run_id)
     number = None if version is None else str(version.version)
     return Source(model_uri, number, info.run_id, model, info.signature, split, record)
-
-
-def float_param_bytes(model: LinearRegression) -> int:
-    """Bytes of the float model's numbers: its coefficients and intercept."""
-    return int(model.coef_.nbytes + np.asarray(model.intercept_).nbytes)
 
 
 def evaluate(source: Source, bits: int) -> Evaluation:
@@ -147,7 +141,7 @@ def evaluate(source: Source, bits: int) -> Evaluation:
             "pred_mean_abs_diff": float(diff.mean()),
             "error_bound_max": float(bound.max()),
             "error_bound_violations": float(np.count_nonzero(diff > bound)),
-            "compression_ratio": float_param_bytes(model) / param_bytes,
+            "compression_ratio": float_param_bytes(model.coef_, model.intercept_) / param_bytes,
             "naive_r2_delta": naive_r2 - float_metrics["test_r2"],
         }
     )
@@ -329,7 +323,13 @@ def _frontier_figure(frontier: pd.DataFrame, source: Source) -> Figure:
     left, right = fig.subplots(1, 2)
     left.plot(frontier["param_bytes"], frontier["test_r2"], marker="o", color="tab:blue", label="quantized")
     float_r2 = float((frontier["test_r2"] - frontier["r2_delta"]).iloc[0])
-    left.scatter([float_param_bytes(source.model)], [float_r2], color="tab:red", zorder=3, label="float64")
+    left.scatter(
+        [float_param_bytes(source.model.coef_, source.model.intercept_)],
+        [float_r2],
+        color="tab:red",
+        zorder=3,
+        label="float64",
+    )
     for row in frontier.itertuples():
         left.annotate(f"int{row.bits}", (row.param_bytes, row.test_r2), textcoords="offset points", xytext=(4, 4))
     left.set_xlabel("parameter bytes")

@@ -141,6 +141,7 @@ class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
     """The pyfunc model: a DataFrame with the feature columns in, a 1-D float64 array out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Reads the parameters from the model's JSON artifact."""
         with open(context.artifacts[PARAMS_KEY], encoding="utf-8") as handle:
             self.params = QuantizedLinear.from_json(handle.read())
 
@@ -158,6 +159,7 @@ class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
+        """One float64 prediction per row of `model_input`, its columns taken by name."""
         return self.params.predict(self._features(model_input))
 
     def error_bound(self, model_input: pd.DataFrame) -> np.ndarray:

@@ -92,3 +92,24 @@ def resolve(model_uri: str) -> ModelVersion | None:
         return MlflowClient().get_model_version(name, number)
     except MlflowException:
         raise PipelineError(f"registered model {name!r} has no version {number}") from None
+
+
+def version_uri(version: ModelVersion) -> str:
+    """`models:/name/N`: a URI that names this version whatever the aliases do later."""
+    return f"models:/{version.name}/{version.version}"
+
+
+def pin(model_uri: str) -> tuple[ModelVersion | None, str]:
+    """The version a URI resolves to now, and a URI to load exactly that version by.
+
+    An alias can move while a step runs (a concurrent pipeline promotes); loading by version
+    number keeps the model that is used and the version that is recorded the same.
+
+    Returns:
+        The version (None for URIs outside the registry) and the URI to load.
+
+    Raises:
+        PipelineError: As `resolve`.
+    """
+    version = resolve(model_uri)
+    return version, version_uri(version) if version else model_uri

@@ -82,10 +82,16 @@ def check_artifact_root(artifact_location: str, experiment_name: str) -> None:
         )
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (relative to the working folder, as
+    MLflow opens it, unless the URI has a fourth slash), or None for other stores."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def _server_fix(uri: str) -> str:
     """How to log through a server over the database `uri`, as exact as the store allows."""
     # A tracking directory made by pipeline.store keeps its artifacts in artifacts/ beside the database.
-    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    database = sqlite_database(uri)
     if database is not None and (database.parent / "artifacts").is_dir():
         return (
             f"Log through a server over it: prefix your command with "

@@ -13,12 +13,11 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, tracking
-from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, RANDOM_STATE, TEST_SIZE
-from pipeline.metrics import regression_metrics
+from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, RANDOM_STATE, TEST_SIZE
+from pipeline.metrics import float_param_bytes, regression_metrics
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"
 # The file MLflow writes the fitted estimator to (skops format, MLflow 3 default).
 SKLEARN_MODEL_FILE = "model.skops"
 
@@ -98,7 +97,7 @@ def train(
     metrics = {
         **regression_metrics(split.y_test, test_pred),
         **_train_fit(split.y_train, model.predict(split.X_train)),
-        "param_bytes": float((model.coef_.size + 1) * np.dtype("float64").itemsize),
+        "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
     }
     description = (
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
@@ -143,7 +142,7 @@ def train(
             tags={"run_id": run.info.run_id, "test_r2": f"{metrics['test_r2']:.6f}", "flavor": "sklearn"},
         )
     log.info("test R² %.4f, test MSE %.4f, intercept %.4f", metrics["test_r2"], metrics["test_mse"], model.intercept_)
-    return TrainResult(run.info.run_id, str(version.version), f"models:/{version.name}/{version.version}", metrics)
+    return TrainResult(run.info.run_id, str(version.version), registry.version_uri(version), metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:

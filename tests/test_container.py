@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import data, store
 from pipeline.config import FEATURES
-from pipeline.container import PREDICTIONS_FILE
+from pipeline.container import PREDICTIONS_FILE, parse
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,25 @@ def test_serve_answers_invocations_with_the_champion(container_run, tmp_path, ca
     written = pd.read_csv(container_run.root / PREDICTIONS_FILE)["prediction"].head(3).to_numpy()
     np.testing.assert_allclose(served, written, rtol=0, atol=1e-9)
     assert "Serving california-housing version" in log_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "passed_on"),
+    [
+        (["run", "--bits", "4"], "run", ["--bits", "4"]),
+        (["run", "--bits", "4", "--test-size", "0.3"], "run", ["--bits", "4", "--test-size", "0.3"]),
+        (["--tracking-dir", "t", "run"], "run", []),
+        ([], None, []),
+        (["serve", "--port", "9000"], "serve", []),
+    ],
+)
+def test_flags_after_run_go_to_the_pipeline(argv: list[str], command: str | None, passed_on: list[str]) -> None:
+    args, pipeline_args = parse(argv)
+    assert (args.command, pipeline_args) == (command, passed_on)
+
+
+def test_serve_refuses_the_pipelines_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["serve", "--bits", "4"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bits 4" in capsys.readouterr().err

@@ -86,8 +86,24 @@ ROW = ",".join(["1.5"] * 9)
             (HEADER + "\n" + ROW + "\n").encode() + b"1.5,\xff\xfe,1,1,1,1,1,1,1\n",
             "row 2 (line 3), byte 5: not valid UTF-8",
         ),
+        (
+            HEADER + "\n" + ",".join(["1.5", "True"] + ["1.5"] * 7) + "\n" + ",".join(["1.5", "False"] + ["1.5"] * 7),
+            "column 'HouseAge', row 1: 'True' is not a number (2 such cell(s))",
+        ),
     ],
-    ids=["empty", "header-only", "misnamed", "extra", "no-target", "non-numeric", "nan", "inf", "semicolon", "latin1"],
+    ids=[
+        "empty",
+        "header-only",
+        "misnamed",
+        "extra",
+        "no-target",
+        "non-numeric",
+        "nan",
+        "inf",
+        "semicolon",
+        "latin1",
+        "booleans",
+    ],
 )
 def test_bad_csv_is_rejected_naming_file_column_and_row(tmp_path: Path, content: str | bytes, expected: str) -> None:
     path = _write(tmp_path, content)
@@ -107,6 +123,20 @@ def test_chunks_report_the_files_row_not_the_chunks(tmp_path: Path) -> None:
     path = _write(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match="row 26: 'x' is not a number"):
         list(data.read_csv_chunks(path, chunksize=10))
+
+
+def test_whole_numbers_are_read_as_float64(tmp_path: Path) -> None:
+    # A column of whole numbers reads as int64; the models' signatures take float64.
+    path = _write(tmp_path, HEADER + "\n" + "\n".join(",".join(["2"] * 9) for _ in range(3)) + "\n")
+    dataset = data.load(str(path))
+    assert set(dataset.X.dtypes) == {np.dtype("float64")}
+    assert dataset.y.dtype == np.dtype("float64")
+
+
+@pytest.mark.parametrize("random_state", [-1, 2**32])
+def test_random_state_numpy_cannot_seed_with_is_refused(california: data.Dataset, random_state: int) -> None:
+    with pytest.raises(DataError, match=rf"random_state must be between 0 and 2\*\*32 - 1, got {random_state}"):
+        data.split(california, test_size=0.2, random_state=random_state)
 
 
 def test_too_few_rows_to_split(tmp_path: Path, synthetic_frame: pd.DataFrame) -> None:

@@ -47,3 +47,39 @@ def test_cli_train_and_bad_csv(tracking_uri: str, python: str, tmp_path: Path) -
         f"error: {bad}: missing column(s) MedHouseVal (expected {', '.join((*FEATURES, 'MedHouseVal'))})"
     )
     assert [str(v.version) for v in MlflowClient().search_model_versions()] == ["1"]
+
+
+def test_every_step_runs_under_mlflow_run(pipeline_store, clone_store, california, python: str, tmp_path: Path) -> None:
+    """quantize, promote, predict and monitor as `mlflow run . -e STEP` starts them.
+
+    `mlflow run` logs each entry point's parameters itself, as spelled on its command line,
+    before the step starts; the steps must not log those keys again with other values.
+    """
+    clone_store(pipeline_store)
+    mlflow_cli = str(Path(python).with_name("mlflow"))
+    batch = california.X.head(500).astype({"HouseAge": "int64"})  # whole numbers, as users' files have
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    steps = {
+        "quantize": ["-P", "bits=6"],
+        "promote": [],
+        # String parameters: `mlflow run` starts the command in the project folder, so absolute.
+        "predict": ["-P", f"input={tmp_path / 'batch.csv'}", "-P", f"output={tmp_path / 'out.csv'}"],
+        "monitor": ["-P", "batch=batch.csv"],
+    }
+    for step, params in steps.items():
+        command = [mlflow_cli, "run", str(ROOT), "-e", step, "--env-manager", "local"]
+        result = run([*command, "--experiment-name", EXPERIMENT_NAME, *params], cwd=tmp_path)
+        assert result.returncode == 0, f"{step}: {result.stderr[-3000:]}"
+    client = MlflowClient()
+    runs = {
+        r.data.tags["mlflow.project.entryPoint"]: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id], "tags.`mlflow.project.entryPoint` != ''"
+        )
+    }
+    assert {step: runs[step].info.status for step in steps} == dict.fromkeys(steps, "FINISHED")
+    assert runs["quantize"].data.params["bits"] == "6"
+    assert runs["predict"].data.params["input"] == str(tmp_path / "batch.csv")
+    assert runs["predict"].data.params["output_path"] == str(tmp_path / "out.csv")
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 501
+    assert runs["monitor"].data.metrics["drift_detected"] in (0.0, 1.0)

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import registry
 from pipeline.config import ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, EXPERIMENT_NAME, MODEL_NAME
+from pipeline.errors import PipelineError
 from pipeline.main import run_pipeline
 from tests.conftest import ROOT
 
@@ -87,3 +88,10 @@ def test_four_concurrent_pipelines_lose_nothing(tracking_uri: str, python: str, 
     promotes = [r for r in runs if r.data.tags.get("step") == "promote"]
     assert sum(r.data.tags["decision"] == "promoted" for r in promotes) == 4
     assert registry.version_by_alias(ALIAS_PREVIOUS_CHAMPION) is not None
+
+
+def test_bad_bits_are_refused_before_anything_is_registered(tracking_uri: str) -> None:
+    with pytest.raises(PipelineError, match="bits must be an integer from 2 to 8, got 9"):
+        run_pipeline(bits=9)
+    assert MlflowClient().search_model_versions() == []
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []

@@ -15,10 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, registry, tracking
-from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, TARGET
+from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors, regression_metrics
-from pipeline.predict import ERROR, PREDICTION, format_report, main, predict, score
+from pipeline.predict import ERROR, format_report, main, predict, score
 
 # One alias per flavor: the float (scikit-learn) model and the quantized (python_function) one.
 SCORED_ALIASES = ["challenger", "quantized"]
@@ -103,7 +103,9 @@ def test_default_input_is_the_held_out_split(scoring: str, tmp_path: Path, alias
     assert run.info.status == "FINISHED"
     assert run.data.tags["step"] == "predict"
     assert run.data.params["model_uri"] == f"models:/{MODEL_NAME}@{alias}"
-    assert run.data.params["input"] == result.input_source
+    assert run.data.params["input"] == ""  # as given: the default, the held-out split
+    assert run.data.params["input_source"] == result.input_source
+    assert run.data.params["output_path"] == str(output)
     assert run.data.params["model_version"] == str(version.version)
     assert run.data.params["model_run_id"] == version.run_id
     assert run.data.metrics["n_rows"] == 4128
@@ -155,7 +157,7 @@ def test_csv_without_target_streams_in_chunks(scoring: str, tmp_path: Path, held
     assert len(result.sample) == 10
     run = MlflowClient().get_run(result.run_id)
     assert not any(key.startswith("test_") for key in run.data.metrics)
-    assert run.data.params["input"] == str(source.resolve())
+    assert run.data.params["input_source"] == str(source.resolve())
     lines = format_report(result).splitlines()
     assert "Model Performance:" not in lines
     assert lines[lines.index("Sample Predictions (first 10):") + 1] == f"Predicted: {written[PREDICTION][0]:.2f}"
@@ -288,6 +290,12 @@ def test_write_errors_are_reported(scoring: str, tmp_path: Path, held_out: pd.Da
 def test_output_folder_must_exist(scoring: str, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"output folder .*nowhere does not exist"):
         predict(output_path=tmp_path / "nowhere" / "out.csv")
+
+
+def test_output_folder_that_cannot_be_written_is_named(scoring: str) -> None:
+    # /proc takes no new files, not even from root.
+    with pytest.raises(PipelineError, match=r"cannot write to output folder /proc: "):
+        predict(output_path="/proc/predictions.csv")
 
 
 def closed_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline import registry
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME
 from pipeline.errors import PipelineError, RejectedError
 from pipeline.promote import Candidate, choose, promote, rollback
+from tests.conftest import Store, using
 
 
 def candidate(label: str, r2: float, quantized: bool = False, failures: tuple[str, ...] = ()) -> Candidate:
@@ -120,3 +122,16 @@ def test_cli_rejection_exits_3(trained_store, clone_store, python: str, tmp_path
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: promotion rejected, champion unchanged:")
     assert registry.version_by_alias(ALIAS_CHAMPION) is None
+
+
+def test_the_lock_sits_beside_a_database_named_by_a_relative_uri(
+    trained_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `sqlite:///relative/mlflow.db` is relative to the working folder, as MLflow opens it.
+    (tmp_path / "relative").mkdir()
+    shutil.copy(trained_store.root / "mlflow.db", tmp_path / "relative" / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    with using(Store(Path("relative"))) as uri:
+        assert uri == "sqlite:///relative/mlflow.db"
+        assert promote([ALIAS_CHALLENGER]).changed
+    assert (tmp_path / "relative" / "mlflow.promote.lock").is_file()

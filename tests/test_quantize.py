@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, registry, tracking
-from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_NAME, QUANTIZED_URI
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_NAME
 from pipeline.errors import PipelineError
 from pipeline.metrics import regression_metrics
 from pipeline.quantization import (
@@ -28,6 +28,8 @@ from pipeline.quantization import (
 from pipeline.quantize import SCHEME, quantize
 from pipeline.quantized_model import PARAMS_FILE, QuantizedLinear
 from pipeline.train import fit
+
+QUANTIZED_URI = f"models:/{MODEL_NAME}@{ALIAS_QUANTIZED}"
 
 ALL_BITS = range(2, 9)
 TRAIN_KEYS = {"test_r2", "test_mse", "test_rmse", "test_mae", "model_size_bytes", "param_bytes"}

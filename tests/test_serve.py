@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from pipeline import data
-from pipeline.config import MODEL_NAME
-from pipeline.predict import PREDICTION, predict
+from pipeline.config import MODEL_NAME, PREDICTION
+from pipeline.predict import predict
 from pipeline.store import free_port, stop
 from pipeline.store import wait_until_up as wait_for_url
 from tests.conftest import Store, using
