@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import store
+from pipeline.config import ALIAS_CHAMPION, MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) ->
 
 
 def _exec_server(version: str, model_path: Path, host: str, port: int) -> None:
-    print(f"Serving california-housing version {version} (alias champion) on http://{host}:{port}", flush=True)
+    print(f"Serving {MODEL_NAME} version {version} (alias {ALIAS_CHAMPION}) on http://{host}:{port}", flush=True)
     # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's, also when not activated.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = serve_command(model_path, host, port)
@@ -202,7 +203,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the container's command; returns the exit code."""
+    from pipeline.__main__ import import_skops_first
+
     args, pipeline_args = parse(sys.argv[1:] if argv is None else argv)
+    import_skops_first()  # before `run` or `serve` import MLflow
     if args.command == "serve":
         return serve(args.tracking_dir, args.host, args.port)
     from pipeline import cli

@@ -178,15 +178,10 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
         raise DataError(f"{origin}: column(s) {', '.join(duplicated)} appear more than once")
     for column in _expected_columns(frame):
         values = frame[column]
-        if pd.api.types.is_bool_dtype(values):
-            # pandas reads a column of only True/False cells as booleans, which would pass as 1/0.
-            raise DataError(
-                f"{origin}: column {column!r}, row {int(frame.index[0]) + 1}: {str(values.iloc[0])!r} "
-                f"is not a number ({len(values)} such cell(s))"
-            )
-        if not pd.api.types.is_numeric_dtype(values):
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
-            bad = values[numeric.isna() & values.notna()]
+            # pandas reads a column of only True/False cells as booleans, which would pass as 1/0.
+            bad = values if pd.api.types.is_bool_dtype(values) else values[numeric.isna() & values.notna()]
             if len(bad):
                 label = bad.index[0]
                 raise DataError(

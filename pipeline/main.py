@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import mlflow
 
 from pipeline import cli, tracking
-from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, EXPERIMENT_NAME, MODEL_NAME, RANDOM_STATE, TEST_SIZE
-from pipeline.promote import MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, PromoteResult, promote
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHAMPION_URI, EXPERIMENT_NAME, RANDOM_STATE, TEST_SIZE
+from pipeline.promote import MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, PromoteResult, add_gate_flags, promote
 from pipeline.promote import report as report_promotion
 from pipeline.quantization import check_bits
-from pipeline.quantize import QuantizeResult, quantize
-from pipeline.train import TrainResult, train
+from pipeline.quantize import QuantizeResult, add_bits_flag, quantize
+from pipeline.train import TrainResult, add_split_flags, train
 
 
 @dataclass(frozen=True)
@@ -96,23 +96,15 @@ def report(result: PipelineResult) -> None:
     print(f"quantize: {q.model_uri} test R² {q.metrics['test_r2']:.4f} (r2_delta {q.metrics['r2_delta']:+.6f})")
     print("promote:")
     report_promotion(result.promote)
-    print(f"serve it: mlflow models serve -m models:/{MODEL_NAME}@champion --env-manager local")
+    print(f"serve it: mlflow models serve -m {CHAMPION_URI} --env-manager local")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline main`."""
     parser = argparse.ArgumentParser(prog="python -m pipeline main", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's)")
-    parser.add_argument("--test-size", type=float, default=TEST_SIZE, help="held-out share (default %(default)s)")
-    parser.add_argument("--random-state", type=int, default=RANDOM_STATE, help="split seed (default %(default)s)")
-    parser.add_argument("--bits", type=int, default=8, help="bit width of the quantized model (default %(default)s)")
-    parser.add_argument("--min-r2", type=float, default=MIN_R2, help="gate: lowest test R² (default %(default)s)")
-    parser.add_argument(
-        "--max-r2-drop", type=float, default=MAX_R2_DROP, help="gate: drop allowed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--quantized-tolerance", type=float, default=QUANTIZED_TOLERANCE, help="policy (default %(default)s)"
-    )
+    add_split_flags(parser)
+    add_bits_flag(parser)
+    add_gate_flags(parser)
     cli.add_experiment_flag(parser)
     return parser
 

@@ -147,12 +147,7 @@ def monitor(
             }
         )
         frame = batch.X if batch.y is None else batch.X.assign(**{batch.y.name: batch.y})
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                frame, source=tracking.dataset_source(batch.source), name="monitored-batch", digest=batch.digest
-            ),
-            context="monitoring",
-        )
+        mlflow.log_input(tracking.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
         mlflow.log_metrics(metrics)
         mlflow.log_text(summary_table(result).to_csv(index=False), SUMMARY_ARTIFACT)
         title = f"{findings}: {what}\nagainst the {reference.description}"

@@ -313,18 +313,16 @@ def _common_held_out_set(versions: Mapping[str, ModelVersion]) -> tuple[Split, s
     Raises:
         PipelineError: The candidates were made on different splits or data.
     """
-    rows = {}
-    for label, version in versions.items():
-        split, record = tracking.load_split(version.run_id)
-        rows[label] = (record["digest"], record["test_index"])
-    first_label, first = next(iter(rows.items()))
-    for label, held_out in rows.items():
-        if held_out != first:
+    records = {label: tracking.load_split_record(version.run_id) for label, version in versions.items()}
+    (first_label, first), *others = records.items()
+    for label, record in others:
+        if (record["digest"], record["test_index"]) != (first["digest"], first["test_index"]):
             raise PipelineError(
                 f"candidates {first_label!r} and {label!r} were evaluated on different held-out rows; "
                 "promote compares models made from one training run"
             )
-    return split, record["source"]
+    # The rows are the same for all, so the data is loaded once.
+    return tracking.split_from_record(first, versions[first_label].run_id), first["source"]
 
 
 @contextmanager
@@ -346,14 +344,8 @@ def _promotion_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags of `python -m pipeline promote`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline promote", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--candidates",
-        default=f"{ALIAS_CHALLENGER},{ALIAS_QUANTIZED}",
-        help="comma-separated aliases to consider (default %(default)s)",
-    )
+def add_gate_flags(parser: argparse.ArgumentParser) -> None:
+    """The gate's and the policy's flags, shared by `promote` and the `main` pipeline."""
     parser.add_argument("--min-r2", type=float, default=MIN_R2, help="lowest test R² (default %(default)s)")
     parser.add_argument(
         "--max-r2-drop", type=float, default=MAX_R2_DROP, help="allowed drop from the champion (default %(default)s)"
@@ -364,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=QUANTIZED_TOLERANCE,
         help="how far the quantized model may trail and still win (default %(default)s)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline promote`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline promote", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--candidates",
+        default=f"{ALIAS_CHALLENGER},{ALIAS_QUANTIZED}",
+        help="comma-separated aliases to consider (default %(default)s)",
+    )
+    add_gate_flags(parser)
     parser.add_argument(
         "--rollback",
         type=cli.parse_bool,

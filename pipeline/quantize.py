@@ -19,12 +19,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, tracking
-from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, MODEL_NAME
+from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT
 from pipeline.errors import PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.quantization import check_bits, per_tensor_uint, quantize_linear
@@ -270,8 +271,8 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
     return model_info, metrics
 
 
-def _register(model_info: ModelInfo, run_id: str, source: Source, evaluation: Evaluation) -> str:
-    version = registry.register(
+def _register(model_info: ModelInfo, run_id: str, source: Source, evaluation: Evaluation) -> ModelVersion:
+    return registry.register(
         model_info.model_uri,
         ALIAS_QUANTIZED,
         tags={
@@ -283,13 +284,12 @@ def _register(model_info: ModelInfo, run_id: str, source: Source, evaluation: Ev
             "scheme": SCHEME,
         },
     )
-    return str(version.version)
 
 
 def _result(
-    run_id: str, version: str, metrics: dict[str, float], frontier: pd.DataFrame | None = None
+    run_id: str, version: ModelVersion, metrics: dict[str, float], frontier: pd.DataFrame | None = None
 ) -> QuantizeResult:
-    return QuantizeResult(run_id, version, f"models:/{MODEL_NAME}/{version}", dict(metrics), frontier)
+    return QuantizeResult(run_id, str(version.version), registry.version_uri(version), dict(metrics), frontier)
 
 
 def _prediction_figure(evaluation: Evaluation) -> Figure:
@@ -345,11 +345,16 @@ def _frontier_figure(frontier: pd.DataFrame, source: Source) -> Figure:
     return fig
 
 
+def add_bits_flag(parser: argparse.ArgumentParser) -> None:
+    """The bit width flag, shared by `quantize` and the `main` pipeline."""
+    parser.add_argument("--bits", type=int, default=8, help="bit width of the registered model, 2-8 (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline quantize`."""
     parser = argparse.ArgumentParser(prog="python -m pipeline quantize", description=__doc__)
     parser.add_argument("--model-uri", default=CHALLENGER_URI, help="the float model (default %(default)s)")
-    parser.add_argument("--bits", type=int, default=8, help="bit width of the registered model, 2-8 (default 8)")
+    add_bits_flag(parser)
     parser.add_argument(
         "--sweep",
         nargs="?",

@@ -32,6 +32,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from pipeline import data as data_mod
+from pipeline import store
 from pipeline.config import (
     EXPERIMENT_NAME,
     MODEL_REQUIREMENTS,
@@ -92,7 +93,7 @@ def _server_fix(uri: str) -> str:
     """How to log through a server over the database `uri`, as exact as the store allows."""
     # A tracking directory made by pipeline.store keeps its artifacts in artifacts/ beside the database.
     database = sqlite_database(uri)
-    if database is not None and (database.parent / "artifacts").is_dir():
+    if database is not None and (database.parent / store.ARTIFACTS_DIR).is_dir():
         return (
             f"Log through a server over it: prefix your command with "
             f"'python -m pipeline.store --dir {database.parent} --'"
@@ -209,7 +210,8 @@ def log_dataset_inputs(split: data_mod.Split, dataset: data_mod.Dataset) -> None
 
 
 def mlflow_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset:
-    """MLflow's data set for a validated frame with its target, with a real source and our digest.
+    """MLflow's data set for a validated frame (its target, if present, marked as such), with a
+    real source and our digest.
 
     MLflow infers its schema once, on first use, by checking every cell; build it once and pass
     the same object to every call that logs or evaluates on it.
@@ -217,7 +219,7 @@ def mlflow_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset
     return mlflow.data.from_pandas(
         frame,
         source=dataset_source(source),
-        targets=TARGET,
+        targets=TARGET if TARGET in frame.columns else None,
         name=name,
         digest=data_mod.to_dataset(frame, source).digest,
     )
@@ -280,17 +282,35 @@ def load_split(run_id: str) -> tuple[data_mod.Split, dict[str, Any]]:
     Raises:
         PipelineError: The run recorded no split, or its data changed since.
     """
+    record = load_split_record(run_id)
+    return split_from_record(record, run_id), record
+
+
+def load_split_record(run_id: str) -> dict[str, Any]:
+    """The split record a run logged (`split.json`), without loading its data.
+
+    Raises:
+        PipelineError: The run recorded no split.
+    """
     try:
-        record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPLIT_ARTIFACT}")
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPLIT_ARTIFACT}")
     except Exception as err:  # MLflow raises several types for a missing artifact
         raise PipelineError(f"run {run_id} recorded no {SPLIT_ARTIFACT}: {err}") from None
+
+
+def split_from_record(record: dict[str, Any], run_id: str) -> data_mod.Split:
+    """Loads the data a split record names and rebuilds the split from its row labels.
+
+    Raises:
+        PipelineError: The data changed since run `run_id` recorded the split.
+    """
     dataset = data_mod.load(record["source"])
     if dataset.digest != record["digest"]:
         raise PipelineError(
             f"the data at {record['source']} changed since run {run_id} recorded its split "
             f"(digest {dataset.digest}, recorded {record['digest']})"
         )
-    return data_mod.split_by_index(dataset, record["train_index"], record["test_index"]), record
+    return data_mod.split_by_index(dataset, record["train_index"], record["test_index"])
 
 
 def model_file_bytes(model_info: ModelInfo, filename: str) -> int:

@@ -145,9 +145,8 @@ def train(
     return TrainResult(run.info.run_id, str(version.version), registry.version_uri(version), metrics)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags of `python -m pipeline train`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """The data and split flags, shared by `train` and the `main` pipeline."""
     parser.add_argument(
         "--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's data)"
     )
@@ -157,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--random-state", type=int, default=RANDOM_STATE, help="seed of the split (default %(default)s)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of `python -m pipeline train`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
+    add_split_flags(parser)
     cli.add_experiment_flag(parser)
     return parser
 
