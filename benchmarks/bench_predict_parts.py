@@ -1,11 +1,14 @@
 """Where batch `predict`'s time goes, per part, in one process, next to the floor.
 
     python benchmarks/bench_predict_parts.py [--rows 1000000] [--alias challenger] [--repeat 5]
+    python benchmarks/bench_predict_parts.py --chunksize 25000    # other chunk sizes than predict's
 
 Uses the CSV and the store `bench_predict.py` fills in benchmarks/out/. Each part runs
-`--repeat` times after a warm-up; the best and the median seconds are printed:
-- floor: `pandas.read_csv` of the whole file;
-- reading the file in `predict`'s chunks, then also validating each chunk;
+`--repeat` times after a warm-up; the best and the median wall seconds are printed, and the
+CPU seconds (all threads) of the best run:
+- floor: `pandas.read_csv` of the whole file (pandas 3 parses it on one thread per CPU);
+- the same on one thread (`mode.max_threads=1`), as pandas 2 read it;
+- reading the file in `predict`'s chunks, parsed on parallel threads and validated;
 - scoring the validated chunks with the pyfunc model (MLflow's schema enforcement included);
 - scoring them and writing the predictions as `predict` does (shortest decimals that read back
   exactly): the difference from the line before is the writing;
@@ -20,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from bench_predict import ROOT, ensure_csv, ensure_models, tracking_env
 
@@ -29,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 def timed(label: str, work: Callable[[], object], repeat: int) -> None:
     work()
-    seconds = []
+    runs = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         work()
-        seconds.append(time.perf_counter() - started)
-    print(f"{label:<44} best {min(seconds):.3f} s  median {statistics.median(seconds):.3f} s", flush=True)
+        runs.append((time.perf_counter() - started, time.process_time() - cpu))
+    best, cpu = min(runs)
+    median = statistics.median(wall for wall, _ in runs)
+    print(f"{label:<48} best {best:.3f} s  median {median:.3f} s  CPU {cpu:.3f} s", flush=True)
 
 
 def main() -> None:
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--alias", default="challenger")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--chunksize", type=int, help="rows per chunk (default: predict's)")
     args = parser.parse_args()
     ensure_models()
     path = ensure_csv(args.rows)
@@ -52,19 +58,22 @@ def main() -> None:
     from pipeline import data
     from pipeline.predict import DEFAULT_CHUNKSIZE, model_predictions, score
 
+    chunksize = args.chunksize or DEFAULT_CHUNKSIZE
+
     model = mlflow.pyfunc.load_model(f"models:/california-housing@{args.alias}")
     features = list(data.FEATURES)
 
-    def chunks() -> list[pd.DataFrame]:
-        return list(data.read_csv_chunks(path, data.TARGET_OPTIONAL, DEFAULT_CHUNKSIZE))
+    def chunks() -> Iterator[pd.DataFrame]:
+        return data.read_csv_chunks(path, data.TARGET_OPTIONAL, chunksize)
 
-    validated = chunks()
+    validated = list(chunks())
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         output = os.path.join(tmp, "predictions.csv")
-        print(f"{args.rows:,} rows, {args.alias}, chunks of {DEFAULT_CHUNKSIZE:,} rows")
+        print(f"{args.rows:,} rows, {args.alias}, chunks of {chunksize:,} rows")
         timed("floor: pandas.read_csv(file)", lambda: pd.read_csv(path), args.repeat)
-        timed("read in chunks", lambda: list(pd.read_csv(path, chunksize=DEFAULT_CHUNKSIZE)), args.repeat)
-        timed("read in chunks and validate", chunks, args.repeat)
+        with pd.option_context("mode.max_threads", 1):
+            timed("pandas.read_csv(file) on one thread", lambda: pd.read_csv(path), args.repeat)
+        timed("read in chunks, in parallel, and validate", lambda: list(chunks()), args.repeat)
         timed(
             "score validated chunks",
             lambda: [model_predictions(model, chunk[features]) for chunk in validated],

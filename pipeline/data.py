@@ -6,10 +6,16 @@ the file is one more, for the header). Nothing is dropped, clipped or coerced si
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -23,6 +29,10 @@ from pipeline.errors import DataError
 # score, and never anything else.
 TARGET_REQUIRED = "required"
 TARGET_OPTIONAL = "optional"
+_MAX_READ_THREADS = 4
+# Blocks are sized from the first lines' length; this keeps one long first line from making
+# every block huge.
+_MAX_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -111,30 +121,59 @@ def to_dataset(frame: pd.DataFrame, source: str) -> Dataset:
 def read_csv_chunks(
     path: str | Path, target: str = TARGET_REQUIRED, chunksize: int | None = None
 ) -> Iterator[pd.DataFrame]:
-    """Reads and validates a CSV file, chunk by chunk when `chunksize` is given.
+    """Reads and validates a CSV file: whole, or in chunks of about `chunksize` rows.
 
-    Chunks keep a running row index, so errors in later chunks name the file's real row.
+    A whole file is read by one `pandas.read_csv`. Chunks are parsed on a few threads, a few
+    blocks ahead of the caller, and come out in the file's order with a running row index.
+    Either way the columns are float64, in `config.FEATURES` order (then MedHouseVal), and a
+    chunked read holds only a few chunks in memory whatever the file's size.
 
     Raises:
-        DataError: On the first problem found: missing or empty file, no data rows, wrong
-            delimiter, bad encoding, missing/extra columns, non-numeric, NaN or infinite cells.
+        DataError: On the first problem in the file: missing or empty file, no data rows, wrong
+            delimiter, bad encoding, missing/extra columns, a row with more fields than the
+            header, non-numeric, NaN or infinite cells. The message names the file's row.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (expected a header and data rows)")
+    if chunksize is None:
+        yield from _read_in_order(path, target)
+        return
+    rows = 0
     try:
-        reader = pd.read_csv(path, chunksize=chunksize or None, encoding="utf-8")
+        for chunk in _read_blocks(path, target, chunksize):
+            yield chunk
+            rows += len(chunk)
+    except (_UnsplittableError, ValueError, DataError):  # pandas' parser and encoding errors are ValueErrors
+        # A block is parsed apart from the rows before it, so it cannot tell which row of the file
+        # is at fault. Reading the file again in order raises the error that names it, or reads
+        # on from where the blocks stopped, in a file they cannot split.
+        for chunk in _read_in_order(path, target, chunksize):
+            if chunk.index[-1] >= rows:
+                yield chunk.iloc[max(rows - chunk.index[0], 0) :]
+
+
+class _UnsplittableError(Exception):
+    """`_read_blocks` cannot split this file into blocks of lines; `_read_in_order` reads it."""
+
+
+def _read_in_order(path: Path, target: str, chunksize: int | None = None) -> Iterator[pd.DataFrame]:
+    """`read_csv_chunks`, one chunk after the other on the calling thread."""
+    try:
+        _read_header(path, str(path), target)
+        # pandas takes the first field of every row as a row label when the first data row has
+        # one field more than the header. Without a header, that row is a parser error.
+        pd.read_csv(path, header=None, nrows=2, dtype=str, encoding="utf-8")
+        reader = pd.read_csv(path, chunksize=chunksize, encoding="utf-8")
         chunks = reader if chunksize else [reader]
         seen_rows = False
         for chunk in chunks:
             if len(chunk) == 0:
                 continue
-            validate_frame(chunk, origin=str(path), target=target)
             seen_rows = True
-            # Whole-number columns read as int64; every step and model signature takes float64.
-            yield chunk[_expected_columns(chunk)].astype("float64")
+            yield _checked(chunk, str(path), target)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
     except pd.errors.EmptyDataError:
@@ -143,6 +182,105 @@ def read_csv_chunks(
         raise DataError(f"{path}: not a well-formed CSV file: {err}") from None
     if not seen_rows:
         raise DataError(f"{path}: the file has a header but no data rows")
+
+
+def _read_header(source: Path | io.BytesIO, origin: str, target: str) -> pd.Index:
+    """The columns a CSV's header names, checked by `validate_frame`."""
+    columns = pd.read_csv(source, nrows=0, encoding="utf-8").columns
+    validate_frame(pd.DataFrame(columns=columns, dtype="float64"), origin, target)
+    return columns
+
+
+def _checked(chunk: pd.DataFrame, origin: str, target: str) -> pd.DataFrame:
+    """A validated chunk, its columns in `_expected_columns` order and float64.
+
+    Raises:
+        DataError: As `validate_frame`.
+    """
+    validate_frame(chunk, origin, target)
+    # Whole-number columns read as int64; every step and model signature takes float64.
+    return chunk[_expected_columns(chunk)].astype("float64")
+
+
+def _read_blocks(path: Path, target: str, chunksize: int) -> Iterator[pd.DataFrame]:
+    """`read_csv_chunks` in blocks of whole lines, parsed on a pool of threads.
+
+    pandas' C parser releases the GIL, so blocks parse in parallel, as in pandas' own
+    `read_csv` of a whole file. Each block is parsed with the header line in front of it and
+    checked like a chunk of `_read_in_order`, so its rows read as they do there.
+
+    Raises:
+        _UnsplittableError: The header is not one line ending in LF, or no block held a row.
+        ValueError: pandas' parser or encoding errors.
+        DataError: As `validate_frame`, with row numbers counted from the block's start.
+    """
+    origin = str(path)
+    with path.open("rb") as handle:
+        header = handle.readline(_MAX_BLOCK_BYTES).removeprefix(codecs.BOM_UTF8)
+        while header and not header.strip(b" \t\r\n"):  # pandas skips blank lines before the header
+            header = handle.readline(_MAX_BLOCK_BYTES)
+        # The header goes in front of every block, so it must be one line: pandas also ends a
+        # line at a bare CR, where readline does not.
+        if not header.endswith(b"\n") or b"\r" in header.rstrip(b"\r\n"):
+            raise _UnsplittableError
+        columns = _read_header(io.BytesIO(header), origin, target)
+        # Then a row of zeros, one per header field, dropped after parsing: pandas takes the
+        # first field of every row as a row label when the first row has one field more than
+        # the header. After a row that fits, a longer row is a parser error in any block.
+        ahead = header + b",".join([b"0"] * len(columns)) + b"\n"
+        block_bytes = min(chunksize * _row_bytes(handle), _MAX_BLOCK_BYTES)
+        workers = _read_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="read-csv")
+        pending: deque[Future[pd.DataFrame]] = deque()
+        rows = 0
+        try:
+            while True:
+                block = handle.read(block_bytes)
+                if block:
+                    lines = b"".join((ahead, block, handle.readline()))
+                    pending.append(pool.submit(_read_block, lines, origin, target))
+                if not pending:
+                    break
+                # A few blocks parse ahead of the caller, enough to keep every thread busy, but
+                # only from the second chunk on: the first is read alone, so a caller that stops
+                # after it (or loads a model before going on) has not paid for more.
+                if len(pending) > 2 * workers or not block or rows == 0:
+                    chunk = pending.popleft().result()
+                    if len(chunk):
+                        chunk.index = pd.RangeIndex(rows, rows + len(chunk))
+                        rows += len(chunk)
+                        yield chunk
+        finally:
+            pool.shutdown(cancel_futures=True)
+    if rows == 0:
+        raise _UnsplittableError
+
+
+def _read_threads() -> int:
+    """Threads to parse blocks on: pandas' `mode.max_threads` when set, else one per usable CPU, at most 4.
+
+    Beyond about 3 threads the caller's scoring and writing is the slower side, and each
+    thread adds two blocks to the memory held.
+    """
+    chosen = pd.get_option("mode.max_threads")
+    if chosen is not None:
+        return max(int(chosen), 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(usable, _MAX_READ_THREADS)
+
+
+def _read_block(lines: bytes, origin: str, target: str) -> pd.DataFrame:
+    """One block (the header line, the row of zeros, whole rows) as `_read_in_order` reads a chunk."""
+    chunk = pd.read_csv(io.BytesIO(lines), encoding="utf-8", low_memory=False).iloc[1:]
+    return _checked(chunk, origin, target) if len(chunk) else chunk
+
+
+def _row_bytes(handle: BinaryIO) -> int:
+    """The mean length of the data lines in the next 64 KiB, leaving the position unchanged."""
+    start = handle.tell()
+    sample = handle.read(1 << 16)
+    handle.seek(start)
+    return max(len(sample) // max(sample.count(b"\n"), 1), 1)
 
 
 def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIRED) -> None:
@@ -190,6 +328,8 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
                 )
             values = numeric
         array = values.to_numpy(dtype="float64")
+        if np.isfinite(array).all():
+            continue
         for problem, mask in (("missing (NaN)", np.isnan(array)), ("infinite", np.isinf(array))):
             if mask.any():
                 row = int(frame.index[int(np.argmax(mask))]) + 1

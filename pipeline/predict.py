@@ -34,9 +34,11 @@ from pipeline.metrics import RunningErrors
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "predictions.csv"
-# Rows scored per chunk: large enough that pyfunc's per-call schema enforcement costs little,
-# small enough to keep memory flat (peak RSS about 400 MB for 1M and for 10M rows).
-DEFAULT_CHUNKSIZE = 200_000
+# Rows read and scored per chunk, about 4 MiB of this data's CSV: the block size pandas' own
+# parallel read uses. 25,000 rows (more per-call costs) and 100,000-200,000 rows (numpy then
+# starts a second BLAS thread that competes with the parsing threads) made the loop 14-29%
+# slower (benchmarks/bench_predict_parts.py --chunksize N). Memory stays flat either way.
+DEFAULT_CHUNKSIZE = 50_000
 SAMPLE_ROWS = 10
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
@@ -156,7 +158,7 @@ def predict(
             the held-out split recorded by the run that logged the model (`split.json`).
         output_path: Where to write the predictions (columns `prediction`, and `error` =
             prediction − MedHouseVal when the input carries it).
-        chunksize: Rows read and scored at a time.
+        chunksize: About how many rows are read and scored at a time.
         experiment_name: Experiment for a run started outside `mlflow run`.
         progress: Draw a progress bar on stderr; None draws it only when stderr is a terminal.
 
@@ -378,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="predictions CSV to write (default %(default)s)")
     parser.add_argument(
-        "--chunksize", type=int, default=DEFAULT_CHUNKSIZE, help="rows scored at a time (default %(default)s)"
+        "--chunksize",
+        type=int,
+        default=DEFAULT_CHUNKSIZE,
+        help="about how many rows are scored at a time (default %(default)s)",
     )
     cli.add_experiment_flag(parser)
     return parser

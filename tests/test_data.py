@@ -82,6 +82,7 @@ ROW = ",".join(["1.5"] * 9)
             "column 'Population', row 1: value is infinite",
         ),
         (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "delimited by ';'"),
+        (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";").replace(".", ",") + "\n", "delimited by ';'"),
         (
             (HEADER + "\n" + ROW + "\n").encode() + b"1.5,\xff\xfe,1,1,1,1,1,1,1\n",
             "row 2 (line 3), byte 5: not valid UTF-8",
@@ -90,6 +91,9 @@ ROW = ",".join(["1.5"] * 9)
             HEADER + "\n" + ",".join(["1.5", "True"] + ["1.5"] * 7) + "\n" + ",".join(["1.5", "False"] + ["1.5"] * 7),
             "column 'HouseAge', row 1: 'True' is not a number (2 such cell(s))",
         ),
+        # pandas would take the first field of every row as a row label and drop it (R's
+        # write.csv without a header cell for its row names writes such files).
+        (HEADER + "\n" + "1," + ROW + "\n2," + ROW + "\n", "Expected 9 fields in line 2, saw 10"),
     ],
     ids=[
         "empty",
@@ -101,8 +105,10 @@ ROW = ",".join(["1.5"] * 9)
         "nan",
         "inf",
         "semicolon",
+        "semicolon-decimal-comma",
         "latin1",
         "booleans",
+        "extra-field",
     ],
 )
 def test_bad_csv_is_rejected_naming_file_column_and_row(tmp_path: Path, content: str | bytes, expected: str) -> None:
@@ -118,11 +124,65 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         data.load(str(tmp_path / "nope.csv"))
 
 
-def test_chunks_report_the_files_row_not_the_chunks(tmp_path: Path) -> None:
-    rows = [ROW] * 25 + [ROW.replace("1.5", "x", 1)]
+@pytest.mark.parametrize(
+    ("bad_row", "expected"),
+    [
+        (ROW.replace("1.5", "x", 1), "column 'MedInc', row 26: 'x' is not a number"),
+        (ROW.replace("1.5", "nan", 1), "column 'MedInc', row 26: value is missing"),
+        ("7," + ROW, "Expected 9 fields in line 27, saw 10"),
+        ("1.5,\udcff" + ROW[7:], "row 26 (line 27), byte 5: not valid UTF-8"),
+    ],
+    ids=["non-numeric", "nan", "extra-field", "latin1"],
+)
+def test_chunks_report_the_files_row_not_the_blocks(tmp_path: Path, bad_row: str, expected: str) -> None:
+    # Blocks of about 4 rows are parsed on parallel threads: the error still names the file's row.
+    text = HEADER + "\n" + "\n".join([ROW] * 25 + [bad_row] + [ROW] * 5) + "\n"
+    path = _write(tmp_path, text.encode("utf-8", "surrogateescape"))
+    chunks = data.read_csv_chunks(path, chunksize=4)
+    with pytest.raises(DataError) as err:
+        list(chunks)
+    assert str(err.value).startswith(f"{path}: ")
+    assert expected in str(err.value)
+
+
+def test_rows_with_an_extra_field_from_a_block_start_on_are_refused(tmp_path: Path) -> None:
+    # Wherever a block starts, pandas must not take the extra first field as a row label.
+    rows = [ROW] * 12 + [f"{i}," + ROW for i in range(12)]
     path = _write(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
-    with pytest.raises(DataError, match="row 26: 'x' is not a number"):
-        list(data.read_csv_chunks(path, chunksize=10))
+    for chunksize in (1, 3, 4, 12):
+        with pytest.raises(DataError, match="Expected 9 fields in line 14, saw 10"):
+            list(data.read_csv_chunks(path, chunksize=chunksize))
+
+
+@pytest.mark.parametrize(
+    ("header_end", "end"),
+    [("\r\n", "\r\n"), ("\r", "\r"), ("\r", "\n")],
+    ids=["crlf", "cr", "cr-after-header"],
+)
+def test_chunks_read_like_the_whole_file(
+    tmp_path: Path, synthetic_frame: pd.DataFrame, header_end: str, end: str
+) -> None:
+    # What pandas tolerates in a whole file, it tolerates across blocks: a byte-order mark,
+    # blank lines before the header and between rows, CRLF or bare CR ends (which do not split
+    # into blocks of lines), a quoted number spanning two lines, whole numbers, any column order.
+    frame = synthetic_frame[list(reversed(synthetic_frame.columns))].copy()
+    frame["HouseAge"] = frame["HouseAge"].round()
+    header, *lines = frame.to_csv(index=False, lineterminator=end).splitlines(keepends=True)
+    lines[30:30] = [end, "  " + end]
+    # A quoted number over two lines, padded so that a block boundary falls inside it.
+    lines[50] = '"' + " " * 2000 + lines[50].replace(",", end + '",', 1)
+    text = "\ufeff" + end + " " + end + header.rstrip() + header_end + "".join(lines)
+    path = _write(tmp_path, text.encode(), name="good.csv")
+    whole = pd.concat(list(data.read_csv_chunks(path)))
+    for chunksize in (1, 7, 1000):
+        chunks = list(data.read_csv_chunks(path, chunksize=chunksize))
+        pd.testing.assert_frame_equal(pd.concat(chunks), whole, check_exact=True)
+    assert len(chunks) == 1
+    assert len(whole) == 200
+    assert list(whole.columns) == [*FEATURES, TARGET]
+    assert (whole.dtypes == "float64").all()
+    expected = synthetic_frame[[*FEATURES, TARGET]].assign(HouseAge=frame["HouseAge"])
+    np.testing.assert_array_equal(whole.to_numpy(), expected.to_numpy())
 
 
 def test_whole_numbers_are_read_as_float64(tmp_path: Path) -> None:
