@@ -10,6 +10,7 @@ import codecs
 import hashlib
 import io
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,6 +134,8 @@ def read_csv_chunks(
             delimiter, bad encoding, missing/extra columns, a row with more fields than the
             header, non-numeric, NaN or infinite cells. The message names the file's row.
     """
+    if chunksize is not None and chunksize < 1:
+        raise ValueError(f"chunksize must be a positive number of rows, got {chunksize}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -166,8 +169,13 @@ def _read_in_order(path: Path, target: str, chunksize: int | None = None) -> Ite
         # pandas takes the first field of every row as a row label when the first data row has
         # one field more than the header. Without a header, that row is a parser error.
         pd.read_csv(path, header=None, nrows=2, dtype=str, encoding="utf-8")
-        reader = pd.read_csv(path, chunksize=chunksize, encoding="utf-8")
-        chunks = reader if chunksize else [reader]
+        if chunksize:
+            chunks = pd.read_csv(path, chunksize=chunksize, encoding="utf-8")
+        else:
+            with warnings.catch_warnings():
+                # Columns of mixed types are named, with their row, by validate_frame.
+                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+                chunks = [pd.read_csv(path, encoding="utf-8")]
         seen_rows = False
         for chunk in chunks:
             if len(chunk) == 0:
@@ -318,8 +326,10 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
         values = frame[column]
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
-            # pandas reads a column of only True/False cells as booleans, which would pass as 1/0.
-            bad = values if pd.api.types.is_bool_dtype(values) else values[numeric.isna() & values.notna()]
+            # pandas reads True/False cells as booleans (a whole column of them, or pieces of a
+            # column it parsed apart), which would pass as 1/0.
+            boolean = values.map(lambda cell: isinstance(cell, bool | np.bool_)).to_numpy(dtype=bool)
+            bad = values[(numeric.isna() & values.notna()).to_numpy() | boolean]
             if len(bad):
                 label = bad.index[0]
                 raise DataError(

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -308,6 +308,9 @@ def score(
             writer.close()
     except (OSError, pa.ArrowException) as err:
         raise PipelineError(f"cannot write predictions to {path}: {err}") from err
+    finally:
+        if isinstance(chunks, Generator):
+            chunks.close()  # a failure stops the reader's threads now, not when it is collected
     if progress:
         progress.update(n_rows, final=True)
     return n_rows, errors, pd.concat(samples, ignore_index=True)

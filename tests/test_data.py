@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,17 @@ def test_chunks_report_the_files_row_not_the_blocks(tmp_path: Path, bad_row: str
         list(chunks)
     assert str(err.value).startswith(f"{path}: ")
     assert expected in str(err.value)
+
+
+def test_booleans_in_a_column_pandas_parsed_in_pieces_are_refused(tmp_path: Path) -> None:
+    # pandas parses a whole file 65,536 rows at a time: whole numbers, then True, make a column
+    # of Python ints and bools, which would pass as 1/0.
+    path = _write(tmp_path, HEADER + "\n" + "1,1,1,1,1,1,1,1,1\n" * 65_536 + "True,1,1,1,1,1,1,1,1\n")
+    expected = "column 'MedInc', row 65537: 'True' is not a number (1 such cell(s))"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        data.load(str(path))
+    with pytest.raises(DataError, match=re.escape(expected)):
+        list(data.read_csv_chunks(path, chunksize=50_000))
 
 
 def test_rows_with_an_extra_field_from_a_block_start_on_are_refused(tmp_path: Path) -> None:
