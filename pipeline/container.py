@@ -51,7 +51,14 @@ def tracking_uri(uri: str) -> Iterator[str]:
 
 @contextmanager
 def tracking_through_server(tracking_dir: Path) -> Iterator[str]:
-    """Points this process at a local tracking server over `tracking_dir` while the block runs."""
+    """Points this process at a local tracking server over `tracking_dir` while the block runs.
+
+    Pipeline steps run inside it, so skops is imported first, before `tracking_uri` imports
+    MLflow (see `pipeline.__main__.import_skops_first`).
+    """
+    from pipeline.__main__ import import_skops_first
+
+    import_skops_first()
     with store.local_server(tracking_dir) as url, tracking_uri(url):
         yield url
 
@@ -91,13 +98,12 @@ def champion_files(tracking_dir: Path) -> tuple[str, Path] | None:
 
     Read from the database and the artifacts folder directly: serving needs no tracking server.
     """
+    if not (Path(tracking_dir) / store.DB_FILE).exists():
+        return None
     from mlflow.tracking import MlflowClient
 
     from pipeline import registry
-    from pipeline.config import ALIAS_CHAMPION
 
-    if not (Path(tracking_dir) / store.DB_FILE).exists():
-        return None
     with tracking_uri(store.backend_uri(tracking_dir)):
         version = registry.version_by_alias(ALIAS_CHAMPION)
         if version is None:
@@ -203,10 +209,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the container's command; returns the exit code."""
-    from pipeline.__main__ import import_skops_first
-
     args, pipeline_args = parse(sys.argv[1:] if argv is None else argv)
-    import_skops_first()  # before `run` or `serve` import MLflow
     if args.command == "serve":
         return serve(args.tracking_dir, args.host, args.port)
     from pipeline import cli

@@ -34,6 +34,7 @@ _MAX_READ_THREADS = 4
 # Blocks are sized from the first lines' length; this keeps one long first line from making
 # every block huge.
 _MAX_BLOCK_BYTES = 64 << 20
+_LINE_SAMPLE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _read_blocks(path: Path, target: str, chunksize: int) -> Iterator[pd.DataFra
         # first field of every row as a row label when the first row has one field more than
         # the header. After a row that fits, a longer row is a parser error in any block.
         ahead = header + b",".join([b"0"] * len(columns)) + b"\n"
-        block_bytes = min(chunksize * _row_bytes(handle), _MAX_BLOCK_BYTES)
+        block_bytes = min(int(chunksize * (mean_line_bytes(handle) or _LINE_SAMPLE_BYTES)), _MAX_BLOCK_BYTES)
         workers = _read_threads()
         pool = ThreadPoolExecutor(workers, thread_name_prefix="read-csv")
         pending: deque[Future[pd.DataFrame]] = deque()
@@ -283,12 +284,17 @@ def _read_block(lines: bytes, origin: str, target: str) -> pd.DataFrame:
     return _checked(chunk, origin, target) if len(chunk) else chunk
 
 
-def _row_bytes(handle: BinaryIO) -> int:
-    """The mean length of the data lines in the next 64 KiB, leaving the position unchanged."""
+def mean_line_bytes(handle: BinaryIO) -> float | None:
+    """The mean length of the lines in the next 64 KiB, leaving the position unchanged.
+
+    Returns:
+        Bytes per line, or None when the sample holds fewer than 2 line ends (too few to tell).
+    """
     start = handle.tell()
-    sample = handle.read(1 << 16)
+    sample = handle.read(_LINE_SAMPLE_BYTES)
     handle.seek(start)
-    return max(len(sample) // max(sample.count(b"\n"), 1), 1)
+    lines = sample.count(b"\n")
+    return len(sample) / lines if lines >= 2 else None
 
 
 def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIRED) -> None:

@@ -107,11 +107,8 @@ class Progress:
 def estimate_rows(path: Path) -> int | None:
     """Rough row count of a CSV from its size and the length of its first lines."""
     with path.open("rb") as handle:
-        head = handle.read(1 << 16)
-    lines = head.count(b"\n")
-    if lines < 2:
-        return None
-    return max(int(path.stat().st_size * lines / len(head)) - 1, 1)
+        line_bytes = data.mean_line_bytes(handle)
+    return max(int(path.stat().st_size / line_bytes) - 1, 1) if line_bytes else None
 
 
 def check_tracking_server(timeout: float = SERVER_TIMEOUT) -> None:

@@ -28,7 +28,7 @@ from pipeline import cli, data, plots, registry, tracking
 from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT
 from pipeline.errors import PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
-from pipeline.quantization import check_bits, per_tensor_uint, quantize_linear
+from pipeline.quantization import MAX_BITS, MIN_BITS, check_bits, per_tensor_uint, quantize_linear
 from pipeline.quantized_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,12 @@ def _frontier_figure(frontier: pd.DataFrame, source: Source) -> Figure:
 
 def add_bits_flag(parser: argparse.ArgumentParser) -> None:
     """The bit width flag, shared by `quantize` and the `main` pipeline."""
-    parser.add_argument("--bits", type=int, default=8, help="bit width of the registered model, 2-8 (default 8)")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        default=8,
+        help=f"bit width of the registered model, {MIN_BITS}-{MAX_BITS} (default %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

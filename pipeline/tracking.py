@@ -12,14 +12,13 @@ import logging
 import os
 import re
 import subprocess
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -27,7 +26,6 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import PandasDataset
-from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
@@ -42,10 +40,10 @@ from pipeline.config import (
     TARGET,
 )
 from pipeline.errors import PipelineError
+from pipeline.registry import retry_lost_race
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 _GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")
 
@@ -223,24 +221,6 @@ def mlflow_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset
         name=name,
         digest=data_mod.to_dataset(frame, source).digest,
     )
-
-
-def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
-    """Runs an idempotent MLflow write again when it lost a race with another process.
-
-    With processes sharing a SQLite store, MLflow's check-then-insert writes (moving an alias,
-    logging a data set an experiment already has) can fail on a unique key when another process
-    did the same at the same moment; the next attempt finds the row and succeeds.
-    """
-    for attempt in range(1, attempts):
-        try:
-            return call()
-        except MlflowException as err:
-            if "UNIQUE constraint failed" not in str(err):
-                raise
-            log.info("%s was written by another process at the same time; retrying", what)
-            time.sleep(0.05 * attempt)
-    return call()
 
 
 def dataset_source(source: str) -> DatasetSource:

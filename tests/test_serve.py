@@ -18,7 +18,7 @@ import requests
 from pipeline import data
 from pipeline.config import MODEL_NAME, PREDICTION
 from pipeline.predict import predict
-from pipeline.store import free_port, stop
+from pipeline.store import START_TIMEOUT, free_port, stop
 from pipeline.store import wait_until_up as wait_for_url
 from tests.conftest import Store, using
 
@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 # One server per flavor: the float (scikit-learn) model and the quantized (python_function) one;
 # `champion` is one of them.
 SERVED_ALIASES = ["challenger", "quantized"]
-STARTUP_TIMEOUT = 180.0
 BATCH_ROWS = 200
 
 
@@ -58,7 +57,7 @@ def launch(alias: str, store: Store, log: Path) -> tuple[subprocess.Popen[bytes]
 
 def wait_until_up(process: subprocess.Popen[bytes], server: Server) -> None:
     """Waits for the server's /ping, failing with the tail of its log if it dies or hangs."""
-    wait_for_url(f"{server.url}/ping", process, STARTUP_TIMEOUT, server.log)
+    wait_for_url(f"{server.url}/ping", process, START_TIMEOUT, server.log)
 
 
 @pytest.fixture(scope="module")
