@@ -1,0 +1,85 @@
+"""Code tests of the README and docs/: short, every relative link resolves, CI can read the test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} (.+)$", re.MULTILINE)
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {slug(h) for h in HEADING.findall(FENCE.sub("", page.read_text()))}
+
+
+def links(page: Path) -> list[str]:
+    """Every `](target)` outside code blocks that is not a web or mail address."""
+    text = FENCE.sub("", page.read_text())
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+def broken_links(page: Path) -> list[str]:
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target}: no heading with that anchor")
+    return broken
+
+
+def test_slug_follows_github() -> None:
+    assert slug("`promote` and the whole pipeline (`main`)") == "promote-and-the-whole-pipeline-main"
+    assert slug("Caveat: int4 depends on the split") == "caveat-int4-depends-on-the-split"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_resolves(page: Path) -> None:
+    assert broken_links(page) == []
+
+
+def test_link_check_finds_a_broken_link(tmp_path: Path) -> None:
+    (tmp_path / "there.md").write_text("# Here it is\n")
+    page = tmp_path / "page.md"
+    page.write_text("[a](there.md#here-it-is) [b](missing.md) [c](there.md#elsewhere) [d](https://x.org/y)\n")
+    assert broken_links(page) == ["missing.md: no such file", "there.md#elsewhere: no heading with that anchor"]
+
+
+def test_readme_links_every_docs_page() -> None:
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
+    assert {p.resolve() for p in PAGES[1:]} <= linked
+
+
+def test_readme_is_at_most_250_lines() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_ci_reads_the_test_command_from_the_readme() -> None:
+    """.ci/run takes the second line after the marker (awk: getline; getline; print)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    marker = lines.index("<!-- test-command -->")
+    assert lines[marker + 1] == "```bash"
+    assert (
+        lines[marker + 2]
+        == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python -m pytest'
+    )
+
+
+def test_no_page_dates_its_figures() -> None:
+    """Figures carry the command that reproduces them, not when or on which machine they ran."""
+    dated = re.compile(r"\b20\d\d-\d\d-\d\d\b|\b\d\d:\d\d(–\d\d:\d\d)? UTC\b|\btoday\b|this machine", re.IGNORECASE)
+    found = {p.name: dated.findall(p.read_text()) for p in PAGES}
+    assert {name: hits for name, hits in found.items() if hits} == {}
