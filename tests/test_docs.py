@@ -83,3 +83,32 @@ def test_no_page_dates_its_figures() -> None:
     dated = re.compile(r"\b20\d\d-\d\d-\d\d\b|\b\d\d:\d\d(–\d\d:\d\d)? UTC\b|\btoday\b|this machine", re.IGNORECASE)
     found = {p.name: dated.findall(p.read_text()) for p in PAGES}
     assert {name: hits for name, hits in found.items() if hits} == {}
+
+
+def readme_parameters() -> dict[str, dict[str, str | None]]:
+    """The README's parameter tables, per step section: name -> default as written (None: required)."""
+    tables: dict[str, dict[str, str | None]] = {}
+    step = None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if heading := re.match(r"### `(\w+)`", line):
+            step = heading.group(1)
+        elif line.startswith("## "):
+            step = None
+        elif step and (row := re.match(r"\| `(\w+)` \| (`[^`]*`|\"\"|[^ |]+)", line)):
+            default = row.group(2).strip('`"')
+            tables.setdefault(step, {})[row.group(1)] = None if default == "(required)" else default
+    return tables
+
+
+def test_readme_parameters_match_the_mlproject() -> None:
+    """The README is one of the places a parameter and its default are written: it must agree."""
+    import yaml
+
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    mlproject = {
+        step: {name: None if "default" not in spec else str(spec["default"]) for name, spec in ep["parameters"].items()}
+        for step, ep in entry_points.items()
+    }
+    readme = readme_parameters()
+    assert set(readme) == {"train", "quantize", "promote", "predict", "monitor"}
+    assert readme == {step: mlproject[step] for step in readme}
