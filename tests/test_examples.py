@@ -3,7 +3,10 @@ uses is made by that command before the command appears."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -137,3 +140,15 @@ def test_every_input_a_command_reads_is_made_before_it(page: Path) -> None:
 def test_readme_uses_the_example_inputs() -> None:
     used = {Path(p).name for line in commands(ROOT / "README.md") for p in INPUT.findall(line)}
     assert {"my_houses.csv", "new_houses.csv", "shift.csv"} <= used
+
+
+@pytest.mark.integration
+def test_the_readme_command_makes_them(tmp_path: Path) -> None:
+    """The command as the README shows it, in a fresh folder, with this interpreter's environment."""
+    shown = [line for line in commands(ROOT / "README.md") if line.startswith(MAKE)]
+    assert shown == [MAKE]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", shown[0]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / examples.DEFAULT_DIR).iterdir()} == NAMES
+    assert len(done.stdout.splitlines()) == len(NAMES)
