@@ -26,7 +26,7 @@ from pipeline.quantization import (
     quantize_linear,
 )
 from pipeline.quantize import SCHEME, quantize
-from pipeline.quantized_model import PARAMS_FILE, QuantizedLinear
+from pipeline.served_model import PARAMS_FILE, QuantizedLinear
 from pipeline.train import fit
 
 QUANTIZED_URI = f"models:/{MODEL_NAME}@{ALIAS_QUANTIZED}"
