@@ -29,7 +29,7 @@ used by the error bound.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,15 +85,17 @@ def checked_features(model_input: Any, features: Sequence[str]) -> np.ndarray:
     return np.column_stack(columns) if columns else np.empty((len(frame), 0))
 
 
-def checked_predictions(predictions: np.ndarray) -> np.ndarray:
-    """`predictions` as a 1-D float64 array, refused if any overflowed to ±infinity.
+def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.DataFrame) -> np.ndarray:
+    """`predict(rows)` as a 1-D float64 array, refused if any prediction is not finite.
 
     Finite inputs can still overflow (a cell of 1e308 times a coefficient above 1).
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE, naming the first such row.
     """
-    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    # No RuntimeWarning on stderr for an overflow: it is refused below, by row.
+    with np.errstate(over="ignore", invalid="ignore"):
+        predictions = np.asarray(predict(rows), dtype=np.float64).reshape(-1)
     overflow = ~np.isfinite(predictions)
     if overflow.any():
         row = int(np.argmax(overflow))
@@ -225,7 +227,7 @@ class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """One float64 prediction per row of `model_input`, its columns taken by name."""
-        return checked_predictions(self.params.predict(checked_features(model_input, self.params.features)))
+        return checked_predictions(self.params.predict, checked_features(model_input, self.params.features))
 
     def error_bound(self, model_input: pd.DataFrame) -> np.ndarray:
         """Per row, the most the prediction can differ from the float model's (see `QuantizedLinear`)."""
@@ -243,7 +245,7 @@ class CheckedEstimator:
         """One float64 prediction per row of `model_input`, its columns taken by name."""
         # As a frame with the names the estimator was fitted on, which it checks.
         rows = pd.DataFrame(checked_features(model_input, self.features), columns=self.features)
-        return checked_predictions(self.estimator.predict(rows))
+        return checked_predictions(self.estimator.predict, rows)
 
     def get_raw_model(self) -> Any:
         """The scikit-learn estimator (what `PyFuncModel.get_raw_model` returns)."""
