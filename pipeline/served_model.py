@@ -64,7 +64,7 @@ def checked_features(model_input: Any, features: Sequence[str]) -> np.ndarray:
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise _refuse(f"input lacks column(s) {', '.join(missing)}")
-    columns = []
+    frame = frame[list(features)]
     for name in features:
         values = frame[name]
         if values.dtype.kind not in "fiu":  # cell by cell only where a cell may not be a number
@@ -75,14 +75,18 @@ def checked_features(model_input: Any, features: Sequence[str]) -> np.ndarray:
             if non_numbers.any():
                 row = int(np.argmax(non_numbers))
                 raise _refuse(f"column {name!r}, row {row + 1}: {str(values.iloc[row])!r} is not a number")
-            values = numeric
-        array = values.to_numpy(dtype=np.float64)
-        for problem, bad in (("missing (NaN or null)", np.isnan(array)), ("infinite", np.isinf(array))):
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise _refuse(f"column {name!r}, row {row + 1}: value is {problem} ({int(bad.sum())} such cell(s))")
-        columns.append(array)
-    return np.column_stack(columns) if columns else np.empty((len(frame), 0))
+            frame = frame.assign(**{name: numeric})
+    array = frame.to_numpy(dtype=np.float64)
+    if not np.isfinite(array).all():  # one pass over the whole array; the rest only to name the cell
+        for index, name in enumerate(features):
+            for problem, bad in (
+                ("missing (NaN or null)", np.isnan(array[:, index])),
+                ("infinite", np.isinf(array[:, index])),
+            ):
+                if bad.any():
+                    row = int(np.argmax(bad))
+                    raise _refuse(f"column {name!r}, row {row + 1}: value is {problem} ({int(bad.sum())} such cell(s))")
+    return array
 
 
 def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.DataFrame) -> np.ndarray:
@@ -244,7 +248,7 @@ class CheckedEstimator:
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         """One float64 prediction per row of `model_input`, its columns taken by name."""
         # As a frame with the names the estimator was fitted on, which it checks.
-        rows = pd.DataFrame(checked_features(model_input, self.features), columns=self.features)
+        rows = pd.DataFrame(checked_features(model_input, self.features), columns=self.features, copy=False)
         return checked_predictions(self.estimator.predict, rows)
 
     def get_raw_model(self) -> Any:
