@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, tracking
+from pipeline import cli, data, plots, registry, served_model, tracking
 from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT
 from pipeline.errors import PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -33,7 +33,7 @@ from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
 
-MODEL_CODE = Path(__file__).with_name("served_model.py")
+MODEL_CODE = Path(served_model.__file__)
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
 

@@ -15,7 +15,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, tracking
+from pipeline import cli, data, plots, registry, served_model, tracking
 from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, RANDOM_STATE, TEST_SIZE
 from pipeline.metrics import float_param_bytes, regression_metrics
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # The file MLflow writes the fitted estimator to (skops format, MLflow 3 default).
 SKLEARN_MODEL_FILE = "model.skops"
 # The python_function loader of the float model, shared with the quantized model.
-SERVED_CODE = Path(__file__).with_name("served_model.py")
+SERVED_CODE = Path(served_model.__file__)
 
 
 class CheckedSklearnFlavor:
