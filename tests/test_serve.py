@@ -352,8 +352,8 @@ def test_a_prediction_that_overflows_gets_a_400_naming_the_row(server: Server, b
 
 def test_mlflow_reads_booleans_and_numeric_strings_as_numbers(server: Server, batch: pd.DataFrame) -> None:
     """Pins MLflow 3.17.2: its scoring server casts JSON cells to the signature's double before the
-    model runs, so `true` arrives as 1.0 and "2.5" as 2.5 and neither can be told apart. A
-    version that refuses them fails this test: then the README's sentence about it goes."""
+    model runs, so `true` arrives as 1.0 and "1.0" as 1.0, and the model cannot tell them apart.
+    A version that refuses them fails this test: then the README's sentence about it goes."""
     frame = batch.head(2).astype(object)
     frame.loc[0, "AveBedrms"] = CELL
     as_numbers = batch.head(2).assign(AveBedrms=[1.0, batch["AveBedrms"].iloc[1]])
@@ -361,7 +361,11 @@ def test_mlflow_reads_booleans_and_numeric_strings_as_numbers(server: Server, ba
     for raw in ("true", '"1"', '"1.0"'):
         response = invoke(server, render("dataframe_records", frame, raw), "application/json")
         assert response.status_code == 200, (raw, response.text[:2000])
-        np.testing.assert_array_equal(np.asarray(response.json()["predictions"]), wanted)
+        np.testing.assert_allclose(np.asarray(response.json()["predictions"]), wanted, rtol=1e-12, atol=1e-12)
+    # pandas, which parses CSV for MLflow, reads a column of nothing but True/False as 1/0.
+    response = invoke(server, render("text/csv", frame.head(1), "True"), "text/csv")
+    assert response.status_code == 200, response.text[:2000]
+    np.testing.assert_allclose(np.asarray(response.json()["predictions"]), wanted[:1], rtol=1e-12, atol=1e-12)
 
 
 def test_mlflow_answers_500_without_a_content_type_or_for_deeply_nested_json(server: Server) -> None:
