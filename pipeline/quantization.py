@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.quantized_model import QuantizedLinear
+from pipeline.served_model import QuantizedLinear
 
 MIN_BITS = 2
 MAX_BITS = 8

@@ -1,7 +1,7 @@
 """The `quantize` step: integer weights for the float model, evaluated, logged, registered as `quantized`.
 
 The math and its error bound are in `pipeline.quantization`; the served model is
-`pipeline/quantized_model.py`. This module loads the float model and the split it was
+`pipeline/served_model.py`. This module loads the float model and the split it was
 evaluated on, measures the quantized model against it on the same held-out rows, logs a run
 with the same metric keys as `train`, and registers the model.
 """
@@ -24,16 +24,16 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, tracking
+from pipeline import cli, data, plots, registry, served_model, tracking
 from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT
 from pipeline.errors import PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.quantization import MAX_BITS, MIN_BITS, check_bits, per_tensor_uint, quantize_linear
-from pipeline.quantized_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
+from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
 
-MODEL_CODE = Path(__file__).with_name("quantized_model.py")
+MODEL_CODE = Path(served_model.__file__)
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
 

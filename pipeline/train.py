@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
+from mlflow.models.model import MLMODEL_FILE_NAME
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, tracking
+from pipeline import cli, data, plots, registry, served_model, tracking
 from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, RANDOM_STATE, TEST_SIZE
 from pipeline.metrics import float_param_bytes, regression_metrics
 
@@ -20,6 +23,25 @@ log = logging.getLogger(__name__)
 
 # The file MLflow writes the fitted estimator to (skops format, MLflow 3 default).
 SKLEARN_MODEL_FILE = "model.skops"
+# The python_function loader of the float model, shared with the quantized model.
+SERVED_CODE = Path(served_model.__file__)
+
+
+class CheckedSklearnFlavor:
+    """MLflow's scikit-learn flavor, served through `served_model.py` (a flavor for `Model.log`).
+
+    The model is what `mlflow.sklearn.log_model` writes (`mlflow.sklearn.load_model` reads it,
+    so `quantize` finds the LinearRegression), except that its python_function flavor loads
+    through `served_model._load_pyfunc`, which refuses missing, non-finite and non-numeric
+    cells by column and row, as the quantized model does, instead of predicting NaN.
+    """
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+        """Saves as `mlflow.sklearn.save_model` does, with `served_model.py` as the pyfunc loader."""
+        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(SERVED_CODE)], **kwargs)
+        mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MAIN] = SERVED_CODE.stem
+        mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
 
 
 @dataclass(frozen=True)
@@ -127,9 +149,12 @@ def train(
         # The frame is validated (no missing cells), so a few rows give the schema all rows
         # would, without MLflow checking every cell of the training set for missing values.
         example = split.X_train.head(5)
-        model_info = mlflow.sklearn.log_model(
-            model,
+        model_info = Model.log(
+            artifact_path=None,
             name=MODEL_ARTIFACT,
+            flavor=CheckedSklearnFlavor,
+            flavor_name=mlflow.sklearn.FLAVOR_NAME,
+            sk_model=model,
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
             pip_requirements=tracking.model_requirements(),

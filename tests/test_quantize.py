@@ -5,12 +5,14 @@ the `quantized` alias is tested in tests/test_serve.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, registry, tracking
@@ -26,7 +28,7 @@ from pipeline.quantization import (
     quantize_linear,
 )
 from pipeline.quantize import SCHEME, quantize
-from pipeline.quantized_model import PARAMS_FILE, QuantizedLinear
+from pipeline.served_model import PARAMS_FILE, QuantizedLinear, checked_features, checked_predictions
 from pipeline.train import fit
 
 QUANTIZED_URI = f"models:/{MODEL_NAME}@{ALIAS_QUANTIZED}"
@@ -297,6 +299,47 @@ def test_pyfunc_predicts_the_evaluated_values_by_column_name(quantized: str) -> 
     assert np.all(diff <= bound)
     run = MlflowClient().get_run(version.run_id)
     assert diff.mean() == pytest.approx(run.data.metrics["pred_mean_abs_diff"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (np.nan, "column 'AveRooms', row 3: value is missing (NaN or null) (1 such cell(s))"),
+        (None, "column 'AveRooms', row 3: value is missing (NaN or null) (1 such cell(s))"),
+        (-np.inf, "column 'AveRooms', row 3: value is infinite (1 such cell(s))"),
+        ("abc", "column 'AveRooms', row 3: 'abc' is not a number"),
+        (True, "column 'AveRooms', row 3: 'True' is not a number"),
+    ],
+)
+def test_served_input_check_names_column_and_row(cell: object, message: str) -> None:
+    frame = pd.DataFrame(np.ones((4, len(FEATURES))), columns=list(FEATURES)).astype(object)
+    frame.loc[2, "AveRooms"] = cell
+    with pytest.raises(MlflowException, match=re.escape(message)) as raised:
+        checked_features(frame, FEATURES)
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"  # the scoring server's 400
+
+
+def test_served_input_check_takes_columns_by_name_and_refuses_overflow() -> None:
+    frame = pd.DataFrame([[float(i) for i in range(len(FEATURES))]], columns=list(FEATURES))
+    np.testing.assert_array_equal(checked_features(frame[list(reversed(FEATURES))], FEATURES), frame.to_numpy())
+    with pytest.raises(MlflowException, match="input lacks column\\(s\\) MedInc"):
+        checked_features(frame.drop(columns="MedInc"), FEATURES)
+    rows = np.array([[1.0], [2.0], [1e308]])
+    np.testing.assert_array_equal(checked_predictions(lambda x: x, rows), [1.0, 2.0, 1e308])
+    with pytest.raises(MlflowException, match="row 3: the prediction overflows float64 \\(inf\\)"):
+        checked_predictions(lambda x: x * 10, rows)
+
+
+@pytest.mark.parametrize("uri", [CHALLENGER_URI, QUANTIZED_URI])
+def test_both_registered_models_refuse_bad_cells_as_pyfunc(quantized: str, uri: str) -> None:
+    version = registry.version_by_alias(ALIAS_QUANTIZED)
+    split, _ = tracking.load_split(version.run_id)
+    model = mlflow.pyfunc.load_model(uri)
+    rows = split.X_test.head(3).reset_index(drop=True)
+    with pytest.raises(MlflowException, match=re.escape("column 'Population', row 2: value is infinite")):
+        model.predict(rows.assign(Population=[1.0, np.inf, 2.0]))
+    with pytest.raises(MlflowException, match="row 1: the prediction overflows float64"):
+        model.predict(rows.assign(MedInc=1.7e308, AveBedrms=1.7e308))
 
 
 def test_non_float_source_is_refused_and_nothing_registered(quantized_store, clone_store) -> None:

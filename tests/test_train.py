@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
@@ -99,6 +100,11 @@ def test_registry_round_trip_predicts_exactly_what_was_trained(trained: str, cal
     np.testing.assert_array_equal(sk_model.predict(split.X_test), expected)
     pyfunc = mlflow.pyfunc.load_model(CHALLENGER_URI)
     np.testing.assert_array_equal(np.asarray(pyfunc.predict(split.X_test)).ravel(), expected)
+    # Served through the project's loader, which checks the input, around the same estimator.
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "served_model"
+    assert isinstance(pyfunc.get_raw_model(), LinearRegression)
+    with pytest.raises(MlflowException, match=r"column 'MedInc', row 1: value is missing \(NaN or null\)"):
+        pyfunc.predict(split.X_test.head(2).assign(MedInc=[np.nan, 1.0]))
     assert pyfunc.metadata.get_input_schema().input_names() == list(FEATURES)
     assert record["random_state"] == 42
 

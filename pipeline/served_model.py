@@ -1,11 +1,22 @@
-"""The quantized linear model as MLflow serves it: parameters, prediction, error bound.
+"""The code MLflow runs to serve both registered models: the input check they share, and each model.
 
-This file is logged as the model's code ("models from code"): MLflow copies it into every
-quantized model and executes it when the model loads, in any process, with or without this
-package installed. So it imports nothing but numpy, pandas and mlflow. The parameters live in
-a JSON file next to it (no pickle). How the parameters are chosen is `pipeline.quantization`.
+MLflow copies this file into every model it logs and imports it when the model loads, in any
+process, with or without this package installed. So it imports nothing but numpy, pandas and
+mlflow. It is
 
-Prediction, with z_i = (x_i − μ_i)/σ_i the standardized features:
+- the quantized model's code ("models from code": `set_model` at the end), its parameters in a
+  JSON file next to it (no pickle; how they are chosen is `pipeline.quantization`), and
+- the float model's python_function loader (`_load_pyfunc`): the model keeps its scikit-learn
+  flavor and `model.skops`, and MLflow serves it through this file instead of `mlflow.sklearn`.
+
+Both check every request the same way (`checked_features`, `checked_predictions`): a missing,
+non-finite or non-numeric cell, or a prediction that overflows, is refused with an
+`MlflowException` naming the column and row, which `mlflow models serve` answers with HTTP 400
+and that message. scikit-learn and numpy would otherwise answer a cell of NaN or infinity with a
+NaN or infinite prediction (the quantized model) or an error that names nothing (scikit-learn's
+"Input X contains NaN", which the server turns into "an unexpected error").
+
+Quantized prediction, with z_i = (x_i − μ_i)/σ_i the standardized features:
 
     ŷ(x) = c + s · Σ_i q_i · z_i
 
@@ -18,17 +29,85 @@ used by the error bound.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 # The artifact key and file name of the parameters inside a logged model.
 PARAMS_KEY = "params"
 PARAMS_FILE = "quantized_linear.json"
 FORMAT = "housing-mlops/quantized-linear/2"
+
+
+def _refuse(message: str) -> MlflowException:
+    # INVALID_PARAMETER_VALUE: the scoring server answers 400 with the message. Any other
+    # exception from a model's predict becomes a 400 that says only "an unexpected error".
+    return MlflowException.invalid_parameter_value(message)
+
+
+def checked_features(model_input: Any, features: Sequence[str]) -> np.ndarray:
+    """The `features` columns of a model input as float64 rows, every cell a finite number.
+
+    Rows in messages count from 1, in the order of the request (or of the frame).
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE, naming the column (and row) of the first
+            missing column, missing cell (NaN, null or an absent CSV field), infinite cell
+            (±Infinity, or a number like 1e309 that float64 cannot hold) or non-numeric cell.
+    """
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        raise _refuse(f"input lacks column(s) {', '.join(missing)}")
+    frame = frame[list(features)]
+    for name in features:
+        values = frame[name]
+        if values.dtype.kind not in "fiu":  # cell by cell only where a cell may not be a number
+            numeric = pd.to_numeric(values, errors="coerce")
+            # A boolean would pass as 1/0.
+            boolean = values.map(lambda cell: isinstance(cell, bool | np.bool_))
+            non_numbers = ((numeric.isna() & values.notna()) | boolean).to_numpy(dtype=bool)
+            if non_numbers.any():
+                row = int(np.argmax(non_numbers))
+                raise _refuse(f"column {name!r}, row {row + 1}: {str(values.iloc[row])!r} is not a number")
+            frame = frame.assign(**{name: numeric})
+    array = frame.to_numpy(dtype=np.float64)
+    if not np.isfinite(array).all():  # one pass over the whole array; the rest only to name the cell
+        for index, name in enumerate(features):
+            for problem, bad in (
+                ("missing (NaN or null)", np.isnan(array[:, index])),
+                ("infinite", np.isinf(array[:, index])),
+            ):
+                if bad.any():
+                    row = int(np.argmax(bad))
+                    raise _refuse(f"column {name!r}, row {row + 1}: value is {problem} ({int(bad.sum())} such cell(s))")
+    return array
+
+
+def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.DataFrame) -> np.ndarray:
+    """`predict(rows)` as a 1-D float64 array, refused if any prediction is not finite.
+
+    Finite inputs can still overflow (a cell of 1e308 times a coefficient above 1).
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE, naming the first such row.
+    """
+    # No RuntimeWarning on stderr for an overflow: it is refused below, by row.
+    with np.errstate(over="ignore", invalid="ignore"):
+        predictions = np.asarray(predict(rows), dtype=np.float64).reshape(-1)
+    overflow = ~np.isfinite(predictions)
+    if overflow.any():
+        row = int(np.argmax(overflow))
+        raise _refuse(
+            f"row {row + 1}: the prediction overflows float64 ({predictions[row]}); its values are too large "
+            f"({int(overflow.sum())} such row(s))"
+        )
+    return predictions
 
 
 @dataclass(frozen=True)
@@ -138,20 +217,12 @@ def _exact(value: np.floating) -> float:
 
 
 class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc model: a DataFrame with the feature columns in, a 1-D float64 array out."""
+    """The quantized pyfunc model: a DataFrame with the feature columns in, a 1-D float64 array out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Reads the parameters from the model's JSON artifact."""
         with open(context.artifacts[PARAMS_KEY], encoding="utf-8") as handle:
             self.params = QuantizedLinear.from_json(handle.read())
-
-    def _features(self, model_input: Any) -> np.ndarray:
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        missing = [name for name in self.params.features if name not in frame.columns]
-        if missing:
-            raise ValueError(f"input lacks column(s) {', '.join(missing)}")
-        # By name, so any column order works.
-        return frame[list(self.params.features)].to_numpy(dtype=np.float64)
 
     def predict(
         self,
@@ -160,11 +231,34 @@ class QuantizedLinearModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """One float64 prediction per row of `model_input`, its columns taken by name."""
-        return self.params.predict(self._features(model_input))
+        return checked_predictions(self.params.predict, checked_features(model_input, self.params.features))
 
     def error_bound(self, model_input: pd.DataFrame) -> np.ndarray:
         """Per row, the most the prediction can differ from the float model's (see `QuantizedLinear`)."""
-        return self.params.error_bound(self._features(model_input))
+        return self.params.error_bound(checked_features(model_input, self.params.features))
+
+
+class CheckedEstimator:
+    """The float model as python_function: scikit-learn's estimator behind the shared input check."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.features = [str(name) for name in estimator.feature_names_in_]
+
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        """One float64 prediction per row of `model_input`, its columns taken by name."""
+        # As a frame with the names the estimator was fitted on, which it checks.
+        rows = pd.DataFrame(checked_features(model_input, self.features), columns=self.features, copy=False)
+        return checked_predictions(self.estimator.predict, rows)
+
+    def get_raw_model(self) -> Any:
+        """The scikit-learn estimator (what `PyFuncModel.get_raw_model` returns)."""
+        return self.estimator
+
+
+def _load_pyfunc(path: str) -> CheckedEstimator:
+    """MLflow's python_function loader for the float model; `path` is the model's folder."""
+    return CheckedEstimator(mlflow.sklearn.load_model(path))
 
 
 mlflow.models.set_model(QuantizedLinearModel())
