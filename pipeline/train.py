@@ -13,8 +13,9 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, tracking
-from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, RANDOM_STATE, TEST_SIZE
+from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT
 from pipeline.metrics import float_param_bytes, regression_metrics
+from pipeline.params import DATA, EXPERIMENT_NAME, RANDOM_STATE, TEST_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,14 @@ def _train_fit(y_train: pd.Series, train_pred: np.ndarray) -> dict[str, float]:
     return {key: fit_metrics[key] for key in ("train_r2", "train_mse")}
 
 
+PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, EXPERIMENT_NAME)
+
+
 def train(
-    data_path: str | None = None,
-    test_size: float = TEST_SIZE,
-    random_state: int = RANDOM_STATE,
-    experiment_name: str = EXPERIMENT_NAME,
+    data_path: str | None = DATA.default,
+    test_size: float = TEST_SIZE.default,
+    random_state: int = RANDOM_STATE.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> TrainResult:
     """Trains, evaluates, logs and registers the float model.
 
@@ -88,8 +92,11 @@ def train(
         The run, the registered version and the metrics.
 
     Raises:
+        PipelineError: `test_size` or `random_state` out of range.
         DataError: The data cannot be used; the message names file, column and row.
     """
+    TEST_SIZE.check(test_size)
+    RANDOM_STATE.check(random_state)
     dataset = data.load(data_path)
     split = data.split(dataset, test_size=test_size, random_state=random_state)
     model = fit(split.X_train, split.y_train)
@@ -145,32 +152,16 @@ def train(
     return TrainResult(run.info.run_id, str(version.version), registry.version_uri(version), metrics)
 
 
-def add_split_flags(parser: argparse.ArgumentParser) -> None:
-    """The data and split flags, shared by `train` and the `main` pipeline."""
-    parser.add_argument(
-        "--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's data)"
-    )
-    parser.add_argument(
-        "--test-size", type=float, default=TEST_SIZE, help="share of rows held out (default %(default)s)"
-    )
-    parser.add_argument(
-        "--random-state", type=int, default=RANDOM_STATE, help="seed of the split (default %(default)s)"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline train`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
-    add_split_flags(parser)
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("train", __doc__, PARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return cli.run(
-        lambda: train(args.data or None, args.test_size, args.random_state, args.experiment_name),
+        lambda: train(**vars(args)),
         report=lambda result: print(
             f"Trained {result.model_uri} (alias {ALIAS_CHALLENGER}) in run {result.run_id}: "
             f"test R² {result.metrics['test_r2']:.4f}, test MSE {result.metrics['test_mse']:.4f}"
