@@ -28,8 +28,8 @@ from pipeline.params import (
 )
 from pipeline.promote import GATE_PARAMS, PromoteResult, check_gate, promote
 from pipeline.promote import report as report_promotion
-from pipeline.quantize import QuantizeResult, quantize
-from pipeline.train import TrainResult, train
+from pipeline.quantize import QuantizeResult, check_storable, quantize
+from pipeline.train import TrainResult, prepare, train
 
 PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, BITS, *GATE_PARAMS, EXPERIMENT_NAME)
 
@@ -68,14 +68,19 @@ def run_pipeline(
 
     Raises:
         PipelineError: A parameter out of range; nothing is logged.
-        DataError: The data cannot be used (nothing is logged beyond the failed parent run).
+        DataError: The data cannot be used, or holds values train or quantize cannot compute with;
+            nothing is logged.
         RejectedError: No candidate passed the gate (exit code 3); `champion` is untouched.
     """
-    # Every step's parameters before the first step registers anything.
+    # Every step's parameters, and every value of the data that train or quantize cannot compute
+    # with, before the parent run starts and the first step registers anything. train then
+    # reads and fits the data again: a pipeline refused here has logged nothing.
     TEST_SIZE.check(test_size)
     RANDOM_STATE.check(random_state)
     BITS.check(bits)
     check_gate(min_r2, max_r2_drop, quantized_tolerance)
+    fitted = prepare(data_path, test_size, random_state)
+    check_storable(fitted.split, fitted.dataset.source)
     description = f"Pipeline: train → quantize (int{bits}) → promote, on {data_path or 'scikit-learn data'}"
     with tracking.step_run(
         "main", run_name="pipeline", description=description, experiment_name=experiment_name

@@ -25,8 +25,8 @@ from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, tracking
-from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_ARTIFACT
-from pipeline.errors import PipelineError
+from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_ARTIFACT, TARGET
+from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.params import BITS, EXPERIMENT_NAME, QUANTIZE_MODEL_URI, SWEEP
 from pipeline.quantization import per_tensor_uint, quantize_linear
@@ -38,6 +38,7 @@ MODEL_CODE = Path(__file__).with_name("quantized_model.py")
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
 PARAMS = (QUANTIZE_MODEL_URI, BITS, SWEEP, EXPERIMENT_NAME)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,32 @@ def load_source(model_uri: str) -> Source:
     split, record = tracking.load_split(info.run_id)
     number = None if version is None else str(version.version)
     return Source(model_uri, number, info.run_id, model, info.signature, split, record)
+
+
+def check_storable(split: data.Split, origin: str) -> None:
+    """Refuses training rows whose statistics the quantized model cannot store (no I/O).
+
+    The model stores each feature's mean and standard deviation over the training rows, and its
+    intercept (the targets' mean, for a least-squares model), as float32 at most: beyond
+    ±3.4e38 they would be infinite, and so would every prediction.
+
+    Raises:
+        DataError: Naming the file, the column, and its row of largest magnitude.
+    """
+    training = split.X_train.assign(**{TARGET: split.y_train})
+    for column in training.columns:
+        values = training[column].to_numpy(dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stats = {"mean": values.mean()} if column == TARGET else {"mean": values.mean(), "std": values.std()}
+        for name, value in stats.items():
+            if not abs(value) <= FLOAT32_MAX:
+                position = int(np.argmax(np.abs(values)))
+                stored = "intercept" if column == TARGET else f"feature {name}"
+                raise DataError(
+                    f"{origin}: column {column!r}, row {int(training.index[position]) + 1}: {values[position]:g}: the "
+                    f"column's {name} over the training rows ({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), "
+                    f"in which the quantized model stores its {stored}"
+                )
 
 
 def evaluate(source: Source, bits: int) -> Evaluation:
@@ -186,9 +213,11 @@ def quantize(
 
     Raises:
         PipelineError: Bad `bits`, unknown model URI, or a model that is not a LinearRegression.
+        DataError: Training statistics the quantized model cannot store.
     """
     BITS.check(bits)
     source = load_source(model_uri)
+    check_storable(source.split, source.split_record["source"])
     widths = sorted({bits, *SWEEP_BITS}, reverse=True) if sweep else [bits]
     evaluations = {width: evaluate(source, width) for width in widths}
     if not sweep:
