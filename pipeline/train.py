@@ -100,13 +100,15 @@ def prepare(
     _check_sums(training, dataset.source)
     model = fit(split.X_train, split.y_train)
     _check_rank(model, split.X_train, dataset.source)
-    test_pred = model.predict(split.X_test)
-    train_pred = model.predict(split.X_train)
-    metrics = {
-        **regression_metrics(split.y_test, test_pred),
-        **_train_fit(split.y_train, train_pred),
-        "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
-    }
+    # Overflow is checked for below, and named; numpy's warnings would only add lines to that.
+    with np.errstate(over="ignore", invalid="ignore"):
+        test_pred = model.predict(split.X_test)
+        train_pred = model.predict(split.X_train)
+        metrics = {
+            **regression_metrics(split.y_test, test_pred),
+            **_train_fit(split.y_train, train_pred),
+            "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
+        }
     if not all(np.isfinite(list(metrics.values()))):
         _refuse_overflowing_errors(model, split, test_pred, train_pred, dataset.source)
     return Fitted(dataset, split, model, test_pred, metrics)
