@@ -20,7 +20,7 @@ from pipeline import data, registry
 from pipeline import main as main_step
 from pipeline import quantize as quantize_step
 from pipeline import train as train_step
-from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, TARGET
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, MODEL_NAME, TARGET
 from pipeline.quantize import check_storable
 from tests.conftest import Store
 
@@ -152,7 +152,8 @@ def store_state() -> tuple[int, list[str], dict[str, str]]:
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     versions = client.search_model_versions()
-    aliases = {alias: str(v.version) for v in versions for alias in v.aliases}
+    # search_model_versions leaves out the aliases; the registered model has them.
+    aliases = dict(client.get_registered_model(MODEL_NAME).aliases) if versions else {}
     return len(runs), sorted(str(v.version) for v in versions), aliases
 
 
@@ -179,6 +180,7 @@ def test_values_no_step_can_compute_with_are_refused_up_front(
     case = CASES.get(name) or QUANTIZE_CASES[name]
     csv = write(rows, case[0], tmp_path / "extreme.csv")
     before = store_state()
+    assert before[1:] == (["1"], {ALIAS_CHALLENGER: 1})
     module = train_step if step == "train" else main_step
     assert module.main(["--data", str(csv)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [refused_line(csv, rows, case)]
