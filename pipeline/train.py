@@ -98,10 +98,9 @@ def prepare(
     split = data.split(dataset, test_size=test_size, random_state=random_state)
     training = split.X_train.assign(**{TARGET: split.y_train})
     _check_sums(training, dataset.source)
-    model = fit(split.X_train, split.y_train)
-    _check_rank(model, split.X_train, dataset.source)
     # Overflow is checked for below, and named; numpy's warnings would only add lines to that.
     with np.errstate(over="ignore", invalid="ignore"):
+        model = fit(split.X_train, split.y_train)
         test_pred = model.predict(split.X_test)
         train_pred = model.predict(split.X_train)
         metrics = {
@@ -109,6 +108,7 @@ def prepare(
             **_train_fit(split.y_train, train_pred),
             "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
         }
+    _check_rank(model, split.X_train, dataset.source)
     if not all(np.isfinite(list(metrics.values()))):
         _refuse_overflowing_errors(model, split, test_pred, train_pred, dataset.source)
     return Fitted(dataset, split, model, test_pred, metrics)

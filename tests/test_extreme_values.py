@@ -107,6 +107,13 @@ CASES = {
         "1e+308",
         "the column's sum over the training rows overflows float64, so least squares cannot centre it",
     ),
+    "one training MedHouseVal 1e200": (
+        lambda r: with_cells(TARGET, 1e200, r.train[0]),
+        TARGET,
+        lambda r: r.train[0],
+        "1e+200",
+        SQUARED_ERROR,
+    ),
     "one held-out MedHouseVal 1e200": (
         lambda r: with_cells(TARGET, 1e200, r.test[0]),
         TARGET,
