@@ -69,30 +69,21 @@ def scaled(column: str, factor: float) -> Callable[[pd.DataFrame], pd.DataFrame]
     return lambda frame: frame.assign(**{column: frame[column] * factor})
 
 
+def one_cell(column: str, value: float, side: str, why: str, index: int = 0) -> tuple:
+    """A case that changes one cell of a training ("train") or held-out ("test") row."""
+
+    def row(r: Rows) -> int:
+        return getattr(r, side)[index]
+
+    return (lambda r: with_cells(column, value, row(r)), column, row, f"{value:g}", why)
+
+
 # Each case: how the data changes, then the column, the data row, the cell as printed and the
 # reason the refusal names.
 CASES = {
-    "one Population cell 1e308 (the issue's case)": (
-        lambda r: with_cells("Population", 1e308, r.train[0]),
-        "Population",
-        lambda r: r.train[0],
-        "1e+308",
-        out_of_scale(7),
-    ),
-    "one Population cell 1e10": (
-        lambda r: with_cells("Population", 1e10, r.train[0]),
-        "Population",
-        lambda r: r.train[0],
-        "1e+10",
-        out_of_scale(7),
-    ),
-    "one Latitude cell -1e308": (
-        lambda r: with_cells("Latitude", -1e308, r.train[1]),
-        "Latitude",
-        lambda r: r.train[1],
-        "-1e+308",
-        out_of_scale(7),
-    ),
+    "one Population cell 1e308 (the issue's case)": one_cell("Population", 1e308, "train", out_of_scale(7)),
+    "one Population cell 1e10": one_cell("Population", 1e10, "train", out_of_scale(7)),
+    "one Latitude cell -1e308": one_cell("Latitude", -1e308, "train", out_of_scale(7), index=1),
     "AveRooms in millionths": (
         lambda r: scaled("AveRooms", 1e6),
         "AveRooms",
@@ -107,27 +98,9 @@ CASES = {
         "1e+308",
         "the column's sum over the training rows overflows float64, so least squares cannot centre it",
     ),
-    "one training MedHouseVal 1e200": (
-        lambda r: with_cells(TARGET, 1e200, r.train[0]),
-        TARGET,
-        lambda r: r.train[0],
-        "1e+200",
-        SQUARED_ERROR,
-    ),
-    "one held-out MedHouseVal 1e200": (
-        lambda r: with_cells(TARGET, 1e200, r.test[0]),
-        TARGET,
-        lambda r: r.test[0],
-        "1e+200",
-        SQUARED_ERROR,
-    ),
-    "one held-out Population 1e200": (
-        lambda r: with_cells("Population", 1e200, r.test[0]),
-        "Population",
-        lambda r: r.test[0],
-        "1e+200",
-        SQUARED_ERROR,
-    ),
+    "one training MedHouseVal 1e200": one_cell(TARGET, 1e200, "train", SQUARED_ERROR),
+    "one held-out MedHouseVal 1e200": one_cell(TARGET, 1e200, "test", SQUARED_ERROR),
+    "one held-out Population 1e200": one_cell("Population", 1e200, "test", SQUARED_ERROR),
 }
 # Values train computes with, but the quantized model cannot store: main refuses them up front.
 QUANTIZE_CASES = {
