@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data, drift
-from pipeline.config import FEATURES, RANDOM_STATE, TEST_SIZE
+from pipeline.config import FEATURES
+from pipeline.params import RANDOM_STATE, TEST_SIZE
 from pipeline.train import fit
 
 COLUMNS = (*FEATURES, "prediction")
@@ -62,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = data.load_california()
-    split = data.split(dataset, TEST_SIZE, RANDOM_STATE)
+    split = data.split(dataset, TEST_SIZE.default, RANDOM_STATE.default)
     model = fit(split.X_train, split.y_train)
     reference = with_prediction(model, split.X_train)
     held_out = split.X_test

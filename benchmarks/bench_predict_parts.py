@@ -56,9 +56,10 @@ def main() -> None:
     import pandas as pd
 
     from pipeline import data
-    from pipeline.predict import DEFAULT_CHUNKSIZE, model_predictions, score
+    from pipeline.params import CHUNKSIZE
+    from pipeline.predict import model_predictions, score
 
-    chunksize = args.chunksize or DEFAULT_CHUNKSIZE
+    chunksize = args.chunksize or CHUNKSIZE.default
 
     model = mlflow.pyfunc.load_model(f"models:/california-housing@{args.alias}")
     features = list(data.FEATURES)

@@ -6,36 +6,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 from mlflow.exceptions import MlflowException
 
-from pipeline.config import EXIT_ERROR, EXPERIMENT_NAME
+from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError
+from pipeline.params import Param
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
-def add_experiment_flag(parser: argparse.ArgumentParser) -> None:
-    """Adds `--experiment-name`, used when the step starts its own run."""
-    parser.add_argument(
-        "--experiment-name",
-        default=EXPERIMENT_NAME,
-        help="experiment for runs started outside 'mlflow run' (default %(default)s)",
-    )
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (as every other bad input is), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
-def parse_bool(text: str) -> bool:
-    """Parses an MLproject boolean parameter ("true"/"false", "1"/"0", "yes"/"no")."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def build_parser(step: str, description: str, params: Sequence[Param]) -> argparse.ArgumentParser:
+    """The command line of `python -m pipeline <step>`: one flag per parameter, in order.
+
+    Each flag's destination is the step function's argument, so `step(**vars(args))` runs it.
+    """
+    parser = _Parser(prog=f"python -m pipeline {step}", description=description)
+    for param in params:
+        param.add_to(parser)
+    return parser
 
 
 def configure_logging() -> None:

@@ -22,8 +22,6 @@ TARGET = "MedHouseVal"
 SKLEARN_SOURCE = "sklearn.datasets.fetch_california_housing"
 SKLEARN_SOURCE_URL = "https://ndownloader.figshare.com/files/5976036"
 
-TEST_SIZE = 0.2
-RANDOM_STATE = 42
 # Fewer rows than this cannot give both a training set that determines 9 parameters and a
 # held-out set whose R² means anything.
 MIN_ROWS = 20

@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.config import FEATURES, MIN_ROWS, SKLEARN_SOURCE, TARGET
 from pipeline.errors import DataError
+from pipeline.params import RANDOM_STATE, TEST_SIZE
 
 # What a file may carry besides the features: the target is required to train, optional to
 # score, and never anything else.
@@ -358,16 +359,14 @@ def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
     """Splits a data set at random, reproducibly, like `sklearn.model_selection.train_test_split`.
 
     Raises:
-        DataError: Too few rows, a `test_size` that leaves one side empty, or a `random_state`
-            numpy cannot seed with.
+        PipelineError: `test_size` or `random_state` out of range.
+        DataError: Too few rows, or a `test_size` that leaves one side empty.
     """
-    if not 0 <= random_state < 2**32:
-        raise DataError(f"random_state must be between 0 and 2**32 - 1, got {random_state}")
+    TEST_SIZE.check(test_size)
+    RANDOM_STATE.check(random_state)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no {TARGET} column to train on")
     n_rows = len(dataset.X)
-    if not 0.0 < test_size < 1.0:
-        raise DataError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
     if n_rows < MIN_ROWS:
         raise DataError(
             f"{dataset.source}: {n_rows} data row(s) are too few to split into training and "

@@ -15,12 +15,23 @@ from dataclasses import dataclass
 import mlflow
 
 from pipeline import cli, tracking
-from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHAMPION_URI, EXPERIMENT_NAME, RANDOM_STATE, TEST_SIZE
-from pipeline.promote import MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, PromoteResult, add_gate_flags, promote
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHAMPION_URI
+from pipeline.params import (
+    BITS,
+    DATA,
+    EXPERIMENT_NAME,
+    MAX_R2_DROP,
+    MIN_R2,
+    QUANTIZED_TOLERANCE,
+    RANDOM_STATE,
+    TEST_SIZE,
+)
+from pipeline.promote import GATE_PARAMS, PromoteResult, check_gate, promote
 from pipeline.promote import report as report_promotion
-from pipeline.quantization import check_bits
-from pipeline.quantize import QuantizeResult, add_bits_flag, quantize
-from pipeline.train import TrainResult, add_split_flags, train
+from pipeline.quantize import QuantizeResult, check_storable, quantize
+from pipeline.train import TrainResult, prepare, train
+
+PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, BITS, *GATE_PARAMS, EXPERIMENT_NAME)
 
 
 @dataclass(frozen=True)
@@ -34,14 +45,14 @@ class PipelineResult:
 
 
 def run_pipeline(
-    data_path: str | None = None,
-    test_size: float = TEST_SIZE,
-    random_state: int = RANDOM_STATE,
-    bits: int = 8,
-    min_r2: float = MIN_R2,
-    max_r2_drop: float = MAX_R2_DROP,
-    quantized_tolerance: float = QUANTIZED_TOLERANCE,
-    experiment_name: str = EXPERIMENT_NAME,
+    data_path: str | None = DATA.default,
+    test_size: float = TEST_SIZE.default,
+    random_state: int = RANDOM_STATE.default,
+    bits: int = BITS.default,
+    min_r2: float = MIN_R2.default,
+    max_r2_drop: float = MAX_R2_DROP.default,
+    quantized_tolerance: float = QUANTIZED_TOLERANCE.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> PipelineResult:
     """Trains, quantizes and promotes, as one parent run with three nested child runs.
 
@@ -56,10 +67,20 @@ def run_pipeline(
         experiment_name: Experiment for a parent run started outside `mlflow run`.
 
     Raises:
-        DataError: The data cannot be used (nothing is logged beyond the failed parent run).
+        PipelineError: A parameter out of range; nothing is logged.
+        DataError: The data cannot be used, or holds values train or quantize cannot compute with;
+            nothing is logged.
         RejectedError: No candidate passed the gate (exit code 3); `champion` is untouched.
     """
-    check_bits(bits)  # before train registers anything
+    # Every step's parameters, and every value of the data that train or quantize cannot compute
+    # with, before the parent run starts and the first step registers anything. train then
+    # reads and fits the data again: a pipeline refused here has logged nothing.
+    TEST_SIZE.check(test_size)
+    RANDOM_STATE.check(random_state)
+    BITS.check(bits)
+    check_gate(min_r2, max_r2_drop, quantized_tolerance)
+    fitted = prepare(data_path, test_size, random_state)
+    check_storable(fitted.split, fitted.dataset.source)
     description = f"Pipeline: train → quantize (int{bits}) → promote, on {data_path or 'scikit-learn data'}"
     with tracking.step_run(
         "main", run_name="pipeline", description=description, experiment_name=experiment_name
@@ -101,27 +122,10 @@ def report(result: PipelineResult) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline main`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline main", description=__doc__.splitlines()[0])
-    add_split_flags(parser)
-    add_bits_flag(parser)
-    add_gate_flags(parser)
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("main", __doc__.splitlines()[0], PARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the whole pipeline from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return cli.run(
-        lambda: run_pipeline(
-            args.data or None,
-            args.test_size,
-            args.random_state,
-            args.bits,
-            args.min_r2,
-            args.max_r2_drop,
-            args.quantized_tolerance,
-            args.experiment_name,
-        ),
-        report=report,
-    )
+    return cli.run(lambda: run_pipeline(**vars(args)), report=report)

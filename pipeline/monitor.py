@@ -21,14 +21,15 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from pipeline import cli, data, drift, registry, tracking
-from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, PREDICTION
+from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
+from pipeline.params import BATCH, EXPERIMENT_NAME, FAIL_ON_DRIFT, MIN_BATCH, MODEL_URI, REFERENCE
 from pipeline.predict import model_predictions
 
 log = logging.getLogger(__name__)
 
-MIN_BATCH = 200
+PARAMS = (BATCH, REFERENCE, MODEL_URI, FAIL_ON_DRIFT, MIN_BATCH, EXPERIMENT_NAME)
 COLUMNS = (*FEATURES, PREDICTION)
 REPORT_ARTIFACT = "drift/report.png"
 SUMMARY_ARTIFACT = "drift/summary.csv"
@@ -69,11 +70,11 @@ class _Reference:
 
 def monitor(
     batch_path: str,
-    reference_path: str | None = None,
-    model_uri: str = CHAMPION_URI,
-    fail_on_drift: bool = False,
-    min_batch: int = MIN_BATCH,
-    experiment_name: str = EXPERIMENT_NAME,
+    reference_path: str | None = REFERENCE.default,
+    model_uri: str = MODEL_URI.default,
+    fail_on_drift: bool = FAIL_ON_DRIFT.default,
+    min_batch: int = MIN_BATCH.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> MonitorResult:
     """Tests a batch for drift against the reference and logs the result as a run.
 
@@ -97,8 +98,7 @@ def monitor(
         PipelineError: Bad arguments, or no reference can be found.
         RejectedError: `fail_on_drift` and drift was found; the run is logged first.
     """
-    if min_batch < 1:
-        raise PipelineError(f"min_batch must be a positive number of rows, got {min_batch}")
+    MIN_BATCH.check(min_batch)
     if not batch_path:
         raise PipelineError("no batch given: pass --batch FILE.csv (the 8 features, MedHouseVal optional)")
     batch = data.load(batch_path, target=data.TARGET_OPTIONAL)
@@ -284,32 +284,14 @@ def _drifted_columns(drifted_features: list[str], prediction_drift: bool) -> str
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline monitor`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline monitor", description=__doc__)
-    parser.add_argument("--batch", required=True, help="CSV of new rows: the 8 features, MedHouseVal optional")
-    parser.add_argument(
-        "--reference", default="", help="CSV of reference rows (default: the rows that trained the model)"
-    )
-    parser.add_argument("--model-uri", default=CHAMPION_URI, help="model to monitor (default %(default)s)")
-    parser.add_argument(
-        "--fail-on-drift",
-        type=cli.parse_bool,
-        default=False,
-        help="exit with code 3 when drift is found, after logging the run (default false)",
-    )
-    parser.add_argument(
-        "--min-batch", type=int, default=MIN_BATCH, help="fewest rows accepted in a batch (default %(default)s)"
-    )
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("monitor", __doc__, PARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code (3: drift and --fail-on-drift)."""
     args = build_parser().parse_args(argv)
     return cli.run(
-        lambda: monitor(
-            args.batch, args.reference or None, args.model_uri, args.fail_on_drift, args.min_batch, args.experiment_name
-        ),
+        lambda: monitor(**vars(args)),
         report=lambda result: print(
             f"{result.findings} in {result.n_rows} rows (run {result.run_id}, {REPORT_ARTIFACT})"
         ),

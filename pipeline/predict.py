@@ -27,18 +27,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from pipeline import cli, data, registry, tracking
-from pipeline.config import CHAMPION_URI, EXPERIMENT_NAME, FEATURES, PREDICTION, TARGET
+from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
+from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT = "predictions.csv"
-# Rows read and scored per chunk, about 4 MiB of this data's CSV: the block size pandas' own
-# parallel read uses. 25,000 rows (more per-call costs) and 100,000-200,000 rows (numpy then
-# starts a second BLAS thread that competes with the parsing threads) made the loop 14-29%
-# slower (benchmarks/bench_predict_parts.py --chunksize N). Memory stays flat either way.
-DEFAULT_CHUNKSIZE = 50_000
+PARAMS = (MODEL_URI, INPUT, OUTPUT, CHUNKSIZE, EXPERIMENT_NAME)
 SAMPLE_ROWS = 10
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
@@ -135,11 +131,11 @@ def check_tracking_server(timeout: float = SERVER_TIMEOUT) -> None:
 
 
 def predict(
-    model_uri: str = CHAMPION_URI,
-    input_path: str | None = None,
-    output_path: str | Path = DEFAULT_OUTPUT,
-    chunksize: int = DEFAULT_CHUNKSIZE,
-    experiment_name: str = EXPERIMENT_NAME,
+    model_uri: str = MODEL_URI.default,
+    input_path: str | None = INPUT.default,
+    output_path: str | Path = OUTPUT.default,
+    chunksize: int = CHUNKSIZE.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
     progress: bool | None = None,
 ) -> PredictResult:
     """Scores a CSV, or the model's held-out split, and writes one prediction per row.
@@ -167,8 +163,7 @@ def predict(
             output path, or a model without a recorded split when no input is given.
         DataError: The input cannot be used; the message names file, column and row.
     """
-    if chunksize < 1:
-        raise PipelineError(f"chunksize must be a positive number of rows, got {chunksize}")
+    CHUNKSIZE.check(chunksize)
     output = Path(output_path).resolve()
     if output.is_dir():
         raise PipelineError(f"output {output} is a folder; give a file name")
@@ -371,28 +366,10 @@ def format_report(result: PredictResult) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline predict`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline predict", description=__doc__)
-    parser.add_argument("--model-uri", default=CHAMPION_URI, help="model to score with (default %(default)s)")
-    parser.add_argument(
-        "--input",
-        default="",
-        help="CSV with the 8 features, optionally MedHouseVal (default: the model's held-out split)",
-    )
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="predictions CSV to write (default %(default)s)")
-    parser.add_argument(
-        "--chunksize",
-        type=int,
-        default=DEFAULT_CHUNKSIZE,
-        help="about how many rows are scored at a time (default %(default)s)",
-    )
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("predict", __doc__, PARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return cli.run(
-        lambda: predict(args.model_uri, args.input or None, args.output, args.chunksize, args.experiment_name),
-        report=lambda result: print(format_report(result)),
-    )
+    return cli.run(lambda: predict(**vars(args)), report=lambda result: print(format_report(result)))

@@ -32,23 +32,16 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
 from pipeline import cli, registry, tracking
-from pipeline.config import (
-    ALIAS_CHALLENGER,
-    ALIAS_CHAMPION,
-    ALIAS_PREVIOUS_CHAMPION,
-    ALIAS_QUANTIZED,
-    EXPERIMENT_NAME,
-    MODEL_NAME,
-    TARGET,
-)
+from pipeline.config import ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME, TARGET
 from pipeline.data import Split
 from pipeline.errors import PipelineError, RejectedError
+from pipeline.params import CANDIDATES, EXPERIMENT_NAME, MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, ROLLBACK
 
 log = logging.getLogger(__name__)
 
-MIN_R2 = 0.57
-MAX_R2_DROP = 0.005
-QUANTIZED_TOLERANCE = 0.001
+# The gate's and the policy's parameters, shared with the `main` pipeline.
+GATE_PARAMS = (MIN_R2, MAX_R2_DROP, QUANTIZED_TOLERANCE)
+PARAMS = (CANDIDATES, *GATE_PARAMS, ROLLBACK, EXPERIMENT_NAME)
 
 # mlflow.models.evaluate's metric names, under the keys every run of this project logs.
 _EVALUATE_KEYS = {
@@ -142,11 +135,11 @@ def choose(candidates: Sequence[Candidate], quantized_tolerance: float) -> tuple
 
 
 def promote(
-    candidates: Sequence[str] | Mapping[str, str] = (ALIAS_CHALLENGER, ALIAS_QUANTIZED),
-    min_r2: float = MIN_R2,
-    max_r2_drop: float = MAX_R2_DROP,
-    quantized_tolerance: float = QUANTIZED_TOLERANCE,
-    experiment_name: str = EXPERIMENT_NAME,
+    candidates: Sequence[str] | Mapping[str, str] = CANDIDATES.default,
+    min_r2: float = MIN_R2.default,
+    max_r2_drop: float = MAX_R2_DROP.default,
+    quantized_tolerance: float = QUANTIZED_TOLERANCE.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> PromoteResult:
     """Evaluates and gates the candidates and moves `champion` to the winner.
 
@@ -163,9 +156,11 @@ def promote(
         The decision.
 
     Raises:
-        PipelineError: A candidate does not exist, or candidates were tested on different rows.
+        PipelineError: A gate parameter out of range, a candidate does not exist, or candidates
+            were tested on different rows.
         RejectedError: No candidate passed; raised after the run is logged, `champion` untouched.
     """
+    check_gate(min_r2, max_r2_drop, quantized_tolerance)
     if not isinstance(candidates, Mapping):
         candidates = {alias: f"models:/{MODEL_NAME}@{alias}" for alias in candidates}
     if not candidates:
@@ -205,7 +200,13 @@ def promote(
     return result
 
 
-def rollback(experiment_name: str = EXPERIMENT_NAME) -> PromoteResult:
+def check_gate(min_r2: float, max_r2_drop: float, quantized_tolerance: float) -> None:
+    """Raises PipelineError naming the flag and the value of the first gate parameter out of range."""
+    for param, value in zip(GATE_PARAMS, (min_r2, max_r2_drop, quantized_tolerance), strict=True):
+        param.check(value)
+
+
+def rollback(experiment_name: str = EXPERIMENT_NAME.default) -> PromoteResult:
     """Swaps `champion` and `previous-champion` back, in one logged run.
 
     Raises:
@@ -344,39 +345,9 @@ def _promotion_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def add_gate_flags(parser: argparse.ArgumentParser) -> None:
-    """The gate's and the policy's flags, shared by `promote` and the `main` pipeline."""
-    parser.add_argument("--min-r2", type=float, default=MIN_R2, help="lowest test R² (default %(default)s)")
-    parser.add_argument(
-        "--max-r2-drop", type=float, default=MAX_R2_DROP, help="allowed drop from the champion (default %(default)s)"
-    )
-    parser.add_argument(
-        "--quantized-tolerance",
-        type=float,
-        default=QUANTIZED_TOLERANCE,
-        help="how far the quantized model may trail and still win (default %(default)s)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline promote`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline promote", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--candidates",
-        default=f"{ALIAS_CHALLENGER},{ALIAS_QUANTIZED}",
-        help="comma-separated aliases to consider (default %(default)s)",
-    )
-    add_gate_flags(parser)
-    parser.add_argument(
-        "--rollback",
-        type=cli.parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="swap champion and previous-champion back instead of promoting",
-    )
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("promote", __doc__.splitlines()[0], PARAMS)
 
 
 def report(result: PromoteResult) -> None:
@@ -389,11 +360,15 @@ def report(result: PromoteResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.rollback:
-        return cli.run(lambda: rollback(args.experiment_name), report=report)
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    return cli.run(
-        lambda: promote(candidates, args.min_r2, args.max_r2_drop, args.quantized_tolerance, args.experiment_name),
-        report=report,
-    )
+    args = vars(build_parser().parse_args(argv))
+    if args.pop("rollback"):
+        return cli.run(lambda: _rollback_from_cli(**args), report=report)
+    return cli.run(lambda: promote(**args), report=report)
+
+
+def _rollback_from_cli(
+    candidates: Sequence[str], min_r2: float, max_r2_drop: float, quantized_tolerance: float, experiment_name: str
+) -> PromoteResult:
+    """`--rollback` ignores the candidates and the gate, but a gate flag out of range is still refused."""
+    check_gate(min_r2, max_r2_drop, quantized_tolerance)
+    return rollback(experiment_name)

@@ -43,18 +43,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.params import BITS
 from pipeline.served_model import QuantizedLinear
 
-MIN_BITS = 2
-MAX_BITS = 8
 # How far above the smallest scale s0 the calibration looks (see the module docstring).
 MAX_SCALE_FACTOR = 2.0
-
-
-def check_bits(bits: int) -> None:
-    """Raises PipelineError unless 2 ≤ bits ≤ 8."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise PipelineError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits}")
 
 
 def qmax(bits: int) -> int:
@@ -154,7 +147,7 @@ def quantize_linear(
     Raises:
         PipelineError: `bits` out of range.
     """
-    check_bits(bits)
+    BITS.check(bits)
     coef = np.asarray(coef, dtype=np.float64)
     X_train = np.asarray(X_train, dtype=np.float64)
     mean = X_train.mean(axis=0)

@@ -25,10 +25,11 @@ from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, served_model, tracking
-from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT
-from pipeline.errors import PipelineError
+from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_ARTIFACT, TARGET
+from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
-from pipeline.quantization import MAX_BITS, MIN_BITS, check_bits, per_tensor_uint, quantize_linear
+from pipeline.params import BITS, EXPERIMENT_NAME, QUANTIZE_MODEL_URI, SWEEP
+from pipeline.quantization import per_tensor_uint, quantize_linear
 from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 MODEL_CODE = Path(served_model.__file__)
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
+PARAMS = (QUANTIZE_MODEL_URI, BITS, SWEEP, EXPERIMENT_NAME)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,32 @@ def load_source(model_uri: str) -> Source:
     return Source(model_uri, number, info.run_id, model, info.signature, split, record)
 
 
+def check_storable(split: data.Split, origin: str) -> None:
+    """Refuses training rows whose statistics the quantized model cannot store (no I/O).
+
+    The model stores each feature's mean and standard deviation over the training rows, and its
+    intercept (the targets' mean, for a least-squares model), as float32 at most: beyond
+    ±3.4e38 they would be infinite, and so would every prediction.
+
+    Raises:
+        DataError: Naming the file, the column, and its row of largest magnitude.
+    """
+    training = split.X_train.assign(**{TARGET: split.y_train})
+    for column in training.columns:
+        values = training[column].to_numpy(dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stats = {"mean": values.mean()} if column == TARGET else {"mean": values.mean(), "std": values.std()}
+        for name, value in stats.items():
+            if not abs(value) <= FLOAT32_MAX:
+                position = int(np.argmax(np.abs(values)))
+                stored = "intercept" if column == TARGET else f"feature {name}"
+                raise DataError(
+                    f"{origin}: column {column!r}, row {int(training.index[position]) + 1}: {values[position]:g}: the "
+                    f"column's {name} over the training rows ({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), "
+                    f"in which the quantized model stores its {stored}"
+                )
+
+
 def evaluate(source: Source, bits: int) -> Evaluation:
     """Quantizes the float model at `bits` bits and measures it on the held-out rows (no I/O).
 
@@ -163,10 +192,10 @@ def evaluate(source: Source, bits: int) -> Evaluation:
 
 
 def quantize(
-    model_uri: str = CHALLENGER_URI,
-    bits: int = 8,
-    sweep: bool = False,
-    experiment_name: str = EXPERIMENT_NAME,
+    model_uri: str = QUANTIZE_MODEL_URI.default,
+    bits: int = BITS.default,
+    sweep: bool = SWEEP.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> QuantizeResult:
     """Quantizes the float model, logs the run(s), registers the `bits` model as alias `quantized`.
 
@@ -184,9 +213,11 @@ def quantize(
 
     Raises:
         PipelineError: Bad `bits`, unknown model URI, or a model that is not a LinearRegression.
+        DataError: Training statistics the quantized model cannot store.
     """
-    check_bits(bits)
+    BITS.check(bits)
     source = load_source(model_uri)
+    check_storable(source.split, source.split_record["source"])
     widths = sorted({bits, *SWEEP_BITS}, reverse=True) if sweep else [bits]
     evaluations = {width: evaluate(source, width) for width in widths}
     if not sweep:
@@ -345,31 +376,9 @@ def _frontier_figure(frontier: pd.DataFrame, source: Source) -> Figure:
     return fig
 
 
-def add_bits_flag(parser: argparse.ArgumentParser) -> None:
-    """The bit width flag, shared by `quantize` and the `main` pipeline."""
-    parser.add_argument(
-        "--bits",
-        type=int,
-        default=8,
-        help=f"bit width of the registered model, {MIN_BITS}-{MAX_BITS} (default %(default)s)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline quantize`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline quantize", description=__doc__)
-    parser.add_argument("--model-uri", default=CHALLENGER_URI, help="the float model (default %(default)s)")
-    add_bits_flag(parser)
-    parser.add_argument(
-        "--sweep",
-        nargs="?",
-        const=True,
-        default=False,
-        type=cli.parse_bool,
-        help="also quantize at 8, 6, 4, 3, 2 bits as nested runs and log the frontier (true/false)",
-    )
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("quantize", __doc__, PARAMS)
 
 
 def _report(result: QuantizeResult) -> None:
@@ -387,4 +396,4 @@ def _report(result: QuantizeResult) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return cli.run(lambda: quantize(args.model_uri, args.bits, args.sweep, args.experiment_name), _report)
+    return cli.run(lambda: quantize(**vars(args)), _report)

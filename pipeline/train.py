@@ -6,7 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -16,8 +16,10 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, plots, registry, served_model, tracking
-from pipeline.config import ALIAS_CHALLENGER, EXPERIMENT_NAME, FEATURES, MODEL_ARTIFACT, RANDOM_STATE, TEST_SIZE
+from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, TARGET
+from pipeline.errors import DataError
 from pipeline.metrics import float_param_bytes, regression_metrics
+from pipeline.params import DATA, EXPERIMENT_NAME, RANDOM_STATE, TEST_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ class CheckedSklearnFlavor:
         mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(SERVED_CODE)], **kwargs)
         mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MAIN] = SERVED_CODE.stem
         mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
+
+
+PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, EXPERIMENT_NAME)
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,116 @@ def _train_fit(y_train: pd.Series, train_pred: np.ndarray) -> dict[str, float]:
     return {key: fit_metrics[key] for key in ("train_r2", "train_mse")}
 
 
+class Fitted(NamedTuple):
+    """What `train` computes before it logs anything."""
+
+    dataset: data.Dataset
+    split: data.Split
+    model: LinearRegression
+    test_pred: np.ndarray
+    metrics: dict[str, float]
+
+
+def prepare(
+    data_path: str | None = DATA.default,
+    test_size: float = TEST_SIZE.default,
+    random_state: int = RANDOM_STATE.default,
+) -> Fitted:
+    """Loads, splits, fits and evaluates (nothing is logged), refusing what float64 least squares cannot fit.
+
+    Raises:
+        PipelineError: `test_size` or `random_state` out of range.
+        DataError: The data cannot be used; the message names file, column and row.
+    """
+    TEST_SIZE.check(test_size)
+    RANDOM_STATE.check(random_state)
+    dataset = data.load(data_path)
+    split = data.split(dataset, test_size=test_size, random_state=random_state)
+    training = split.X_train.assign(**{TARGET: split.y_train})
+    _check_sums(training, dataset.source)
+    # Overflow is checked for below, and named; numpy's warnings would only add lines to that.
+    with np.errstate(over="ignore", invalid="ignore"):
+        model = fit(split.X_train, split.y_train)
+        test_pred = model.predict(split.X_test)
+        train_pred = model.predict(split.X_train)
+        metrics = {
+            **regression_metrics(split.y_test, test_pred),
+            **_train_fit(split.y_train, train_pred),
+            "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
+        }
+    _check_rank(model, split.X_train, dataset.source)
+    if not all(np.isfinite(list(metrics.values()))):
+        _refuse_overflowing_errors(model, split, test_pred, train_pred, dataset.source)
+    return Fitted(dataset, split, model, test_pred, metrics)
+
+
+def _cell(frame: pd.DataFrame, column: str, position: int) -> str:
+    """`column 'Population', row 17: 1e+308`: row as data.py counts them (the frame's index + 1)."""
+    return f"column {column!r}, row {int(frame.index[position]) + 1}: {frame[column].iloc[position]:g}"
+
+
+def _check_sums(training: pd.DataFrame, origin: str) -> None:
+    """LinearRegression centres every column on its mean; a sum beyond float64 makes it infinite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        means = training.to_numpy().mean(axis=0)
+    for column, mean in zip(training.columns, means, strict=True):
+        if not np.isfinite(mean):
+            position = int(np.argmax(np.abs(training[column].to_numpy())))
+            raise DataError(
+                f"{origin}: {_cell(training, column, position)}: the column's sum over the training rows "
+                "overflows float64, so least squares cannot centre it"
+            )
+
+
+def _check_rank(model: LinearRegression, X_train: pd.DataFrame, origin: str) -> None:
+    """Refuses a fit that dropped features because one column's scale dwarfs the others.
+
+    LinearRegression's least squares treats singular values under `tol` (1e-6) times the
+    largest as zero; a column far out of scale (one cell of 1e10 among populations of
+    thousands, or a column in much smaller units) takes the largest one, and the fit silently
+    ignores the other features. Constant columns are dropped by any fit and are not refused.
+    """
+    varying = int((X_train.max() > X_train.min()).sum())
+    if model.rank_ >= varying:
+        return
+    centred = X_train - X_train.mean()
+    # The column that carries the largest singular value, and its row farthest from its mean.
+    top = np.linalg.svd(centred.to_numpy(), full_matrices=False)[2][0]
+    column = X_train.columns[int(np.argmax(np.abs(top)))]
+    position = int(np.argmax(np.abs(centred[column].to_numpy())))
+    raise DataError(
+        f"{origin}: {_cell(X_train, column, position)}: the column is so far out of scale with the others that "
+        f"least squares (LinearRegression, singular values under {model.tol:g} of the largest count as zero) "
+        f"would ignore {varying - model.rank_} of the {varying} features; correct the value or rescale the column"
+    )
+
+
+def _refuse_overflowing_errors(
+    model: LinearRegression, split: data.Split, test_pred: np.ndarray, train_pred: np.ndarray, origin: str
+) -> None:
+    """Names the row whose squared error overflows float64, and the cell that drives it."""
+    rows = pd.concat([split.X_test.assign(**{TARGET: split.y_test}), split.X_train.assign(**{TARGET: split.y_train})])
+    with np.errstate(over="ignore", invalid="ignore"):
+        errors = np.abs(np.concatenate([test_pred, train_pred]) - rows[TARGET].to_numpy())
+        position = int(np.argmax(np.where(np.isfinite(errors), errors, np.inf)))
+        # prediction − target = Σ coef·(x − mean x) − (y − mean y): the cell with the largest term drives it.
+        row = rows.iloc[position]
+        shares = [
+            *np.abs(model.coef_ * (row[list(FEATURES)] - split.X_train.mean())),
+            abs(row[TARGET] - split.y_train.mean()),
+        ]
+    column = rows.columns[int(np.argmax(shares))]
+    raise DataError(
+        f"{origin}: {_cell(rows, column, position)}: the model's squared error on this row overflows float64, "
+        "so its MSE and R² would be infinite"
+    )
+
+
 def train(
-    data_path: str | None = None,
-    test_size: float = TEST_SIZE,
-    random_state: int = RANDOM_STATE,
-    experiment_name: str = EXPERIMENT_NAME,
+    data_path: str | None = DATA.default,
+    test_size: float = TEST_SIZE.default,
+    random_state: int = RANDOM_STATE.default,
+    experiment_name: str = EXPERIMENT_NAME.default,
 ) -> TrainResult:
     """Trains, evaluates, logs and registers the float model.
 
@@ -110,17 +220,11 @@ def train(
         The run, the registered version and the metrics.
 
     Raises:
-        DataError: The data cannot be used; the message names file, column and row.
+        PipelineError: `test_size` or `random_state` out of range.
+        DataError: The data cannot be used, also values float64 least squares cannot fit; the
+            message names file, column and row.
     """
-    dataset = data.load(data_path)
-    split = data.split(dataset, test_size=test_size, random_state=random_state)
-    model = fit(split.X_train, split.y_train)
-    test_pred = model.predict(split.X_test)
-    metrics = {
-        **regression_metrics(split.y_test, test_pred),
-        **_train_fit(split.y_train, model.predict(split.X_train)),
-        "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
-    }
+    dataset, split, model, test_pred, metrics = prepare(data_path, test_size, random_state)
     description = (
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
         f"test R² {metrics['test_r2']:.4f} on {len(split.X_test)} held-out rows."
@@ -170,32 +274,16 @@ def train(
     return TrainResult(run.info.run_id, str(version.version), registry.version_uri(version), metrics)
 
 
-def add_split_flags(parser: argparse.ArgumentParser) -> None:
-    """The data and split flags, shared by `train` and the `main` pipeline."""
-    parser.add_argument(
-        "--data", default="", help="CSV with the 8 features and MedHouseVal (default: scikit-learn's data)"
-    )
-    parser.add_argument(
-        "--test-size", type=float, default=TEST_SIZE, help="share of rows held out (default %(default)s)"
-    )
-    parser.add_argument(
-        "--random-state", type=int, default=RANDOM_STATE, help="seed of the split (default %(default)s)"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m pipeline train`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
-    add_split_flags(parser)
-    cli.add_experiment_flag(parser)
-    return parser
+    return cli.build_parser("train", __doc__, PARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return cli.run(
-        lambda: train(args.data or None, args.test_size, args.random_state, args.experiment_name),
+        lambda: train(**vars(args)),
         report=lambda result: print(
             f"Trained {result.model_uri} (alias {ALIAS_CHALLENGER}) in run {result.run_id}: "
             f"test R² {result.metrics['test_r2']:.4f}, test MSE {result.metrics['test_mse']:.4f}"

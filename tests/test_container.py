@@ -18,11 +18,10 @@ from pipeline import data, store
 from pipeline.config import FEATURES
 from pipeline.container import PREDICTIONS_FILE, parse
 
-pytestmark = pytest.mark.integration
-
 SEED_ROW = re.compile(r"^True: \d+\.\d\d \| Predicted: -?\d+\.\d\d \| Diff: \d+\.\d\d$", re.MULTILINE)
 
 
+@pytest.mark.integration
 def test_default_run_promotes_a_champion_and_prints_the_seed_table(container_run):
     rows = SEED_ROW.findall(container_run.stdout)
     assert len(rows) == 10
@@ -33,6 +32,7 @@ def test_default_run_promotes_a_champion_and_prints_the_seed_table(container_run
     assert len(written) == 4128
 
 
+@pytest.mark.integration
 def test_serve_answers_invocations_with_the_champion(container_run, tmp_path, california):
     port = store.free_port()
     script = Path(sys.executable).parent / "housing-mlops-container"

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import data
 from pipeline.config import FEATURES, TARGET
-from pipeline.errors import DataError
+from pipeline.errors import DataError, PipelineError
 
 
 def test_real_data_shape_names_and_values(california: data.Dataset) -> None:
@@ -207,7 +207,8 @@ def test_whole_numbers_are_read_as_float64(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("random_state", [-1, 2**32])
 def test_random_state_numpy_cannot_seed_with_is_refused(california: data.Dataset, random_state: int) -> None:
-    with pytest.raises(DataError, match=rf"random_state must be between 0 and 2\*\*32 - 1, got {random_state}"):
+    message = rf"^--random-state must be an integer from 0 to 4294967295, got {random_state}$"
+    with pytest.raises(PipelineError, match=message):
         data.split(california, test_size=0.2, random_state=random_state)
 
 

@@ -82,4 +82,5 @@ def test_every_step_runs_under_mlflow_run(pipeline_store, clone_store, californi
     assert runs["predict"].data.params["input"] == str(tmp_path / "batch.csv")
     assert runs["predict"].data.params["output_path"] == str(tmp_path / "out.csv")
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 501
-    assert runs["monitor"].data.metrics["drift_detected"] in (0.0, 1.0)
+    # The first 500 rows are one corner of the state (the Bay Area): far from the training rows.
+    assert runs["monitor"].data.metrics["drift_detected"] == 1.0

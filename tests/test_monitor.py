@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,13 +13,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, monitor
 from pipeline.config import FEATURES, TARGET
 from pipeline.errors import DataError, RejectedError
-from tests.conftest import ROOT, Store, using
+from tests.conftest import Store, using
 
 DRIFT_KEYS = {f"drift_{c}_{s}" for c in (*FEATURES, "prediction") for s in ("ks_p", "wasserstein", "psi")}
 DECISION_KEYS = {"drifted_feature_count", "drift_detected", "prediction_drift"}
@@ -154,34 +152,12 @@ def test_small_batch_and_bad_schema_are_refused_before_any_run(
             f"error: {batches.extra_column}: unexpected column(s) Ocean (expected {', '.join((*FEATURES, TARGET))})"
         )
         assert monitor.main(["--batch", str(batches.small), "--min-batch", "0"]) == 2
-        assert "min_batch must be a positive number of rows, got 0" in capsys.readouterr().err
+        assert capsys.readouterr().err.strip() == "error: --min-batch must be an integer ≥ 1, got 0"
         assert len(monitor_runs(monitored.store)) == before
         # A lower min_batch accepts the same small batch.
         assert monitor.main(["--batch", str(batches.small), "--min-batch", "100", "--fail-on-drift", "true"]) == 0
         assert capsys.readouterr().out.startswith("No drift in 150 rows (run ")
         assert len(monitor_runs(monitored.store)) == before + 1
-
-
-def test_mlproject_command_parses_with_the_step_flags() -> None:
-    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["monitor"]
-    values = {
-        "batch": "new.csv",
-        "reference": "''",
-        "model_uri": "models:/m@a",
-        "fail_on_drift": "true",
-        "min_batch": 7,
-    }
-    argv = shlex.split(entry["command"].format(**values))
-    assert argv[:4] == ["python", "-m", "pipeline", "monitor"]
-    args = monitor.build_parser().parse_args(argv[4:])
-    assert (args.batch, args.reference, args.model_uri, args.fail_on_drift, args.min_batch) == (
-        "new.csv",
-        "",
-        "models:/m@a",
-        True,
-        7,
-    )
-    assert set(entry["parameters"]) == {"batch", "reference", "model_uri", "fail_on_drift", "min_batch"}
 
 
 @pytest.mark.integration
