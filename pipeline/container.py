@@ -104,7 +104,9 @@ def champion_files(tracking_dir: Path) -> tuple[str, Path] | None:
 
     from pipeline import registry
 
-    with tracking_uri(store.backend_uri(tracking_dir)):
+    uri = store.backend_uri(tracking_dir)
+    store.ensure_database(uri)
+    with tracking_uri(uri):
         version = registry.version_by_alias(ALIAS_CHAMPION)
         if version is None:
             return None
@@ -159,7 +161,12 @@ def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) ->
     """
     from pipeline import cli
 
-    return cli.run(lambda: prepare_champion(tracking_dir), report=lambda prepared: _exec_server(*prepared, host, port))
+    # The tracking directory's store is the one used, prepared by its local server.
+    return cli.run(
+        lambda: prepare_champion(tracking_dir),
+        report=lambda prepared: _exec_server(*prepared, host, port),
+        prepare_store=False,
+    )
 
 
 def _exec_server(version: str, model_path: Path, host: str, port: int) -> None:
@@ -220,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Predictions: {output}\nTracking directory: {args.tracking_dir} (open it with: "
             f"{' '.join(store.server_command(args.tracking_dir))})"
         ),
+        prepare_store=False,
     )
 
 
