@@ -2,6 +2,7 @@
 
     housing-mlops-container [run [pipeline flags]]     train → quantize → promote, then predict
     housing-mlops-container serve [--host H --port P]  serve the champion (`mlflow models serve`)
+                                                       on 127.0.0.1:8080 ($HOUSING_MLOPS_SERVE_HOST)
 
 Everything is logged through a local tracking server over the tracking directory
 (`--tracking-dir`, or `$HOUSING_MLOPS_TRACKING_DIR`, default `./tracking`), so the directory
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 TRACKING_DIR_ENV = "HOUSING_MLOPS_TRACKING_DIR"
 DEFAULT_TRACKING_DIR = "tracking"
 PREDICTIONS_FILE = "predictions.csv"
-SERVE_HOST = "0.0.0.0"  # inside a container; `docker run -p` decides what the host exposes
+SERVE_HOST_ENV = "HOUSING_MLOPS_SERVE_HOST"
+# This machine only; the image sets 0.0.0.0 (through SERVE_HOST_ENV), where `docker run -p`
+# decides what the host exposes.
+SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8080
 
 
@@ -196,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "flags after 'run' go to 'python -m pipeline main' (run --bits 4)",
     )
     serve_parser = commands.add_parser("serve", help="serve the champion (runs the pipeline first if there is none)")
-    serve_parser.add_argument("--host", default=SERVE_HOST, help="address to listen on (default %(default)s)")
+    serve_parser.add_argument(
+        "--host",
+        default=os.environ.get(SERVE_HOST_ENV, SERVE_HOST),
+        help=f"address to listen on (default ${SERVE_HOST_ENV} or {SERVE_HOST})",
+    )
     serve_parser.add_argument("--port", type=int, default=SERVE_PORT, help="port to listen on (default %(default)s)")
     return parser
 
