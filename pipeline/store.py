@@ -181,7 +181,10 @@ def _initialize(uri: str, path: Path) -> None:
             log.info("creating the MLflow tables of %s", path)
             _initialize_tables(engine)
     except DatabaseError as err:
-        raise PipelineError(f"{path} is not an MLflow tracking database ({err.orig})") from None
+        # Not a database at all, or one half-migrated by processes that took no lock.
+        raise PipelineError(
+            f"{path} is not a complete MLflow tracking database and could not be completed ({err.orig})"
+        ) from None
     finally:
         engine.dispose()
 
