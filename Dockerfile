@@ -4,11 +4,16 @@
 # Runs, artifacts and models go to /home/app/tracking (mount a volume there to keep them).
 FROM python:3.11-slim-bookworm
 
+# Inside the container `serve` listens on every interface (outside one it defaults to 127.0.0.1):
+# `docker run -p` decides what the host exposes. MLflow's usage telemetry is off (its documented
+# switch), so nothing is reported and no installation id is written under $HOME/.config/mlflow.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    HOUSING_MLOPS_TRACKING_DIR=/home/app/tracking
+    HOUSING_MLOPS_TRACKING_DIR=/home/app/tracking \
+    HOUSING_MLOPS_SERVE_HOST=0.0.0.0 \
+    MLFLOW_DISABLE_TELEMETRY=true
 
 # The tracking directory exists in the image, owned by the user, so a named volume mounted
 # there (docker run -v housing-tracking:/home/app/tracking) starts writable.

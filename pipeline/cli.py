@@ -11,6 +11,7 @@ from typing import NoReturn, TypeVar
 
 from mlflow.exceptions import MlflowException
 
+from pipeline import store
 from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError
 from pipeline.params import Param
@@ -44,8 +45,11 @@ def configure_logging() -> None:
     logging.getLogger("pipeline").setLevel(logging.INFO)
 
 
-def run(step: Callable[[], T], report: Callable[[T], None]) -> int:
+def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool = True) -> int:
     """Runs a step, prints its report, and maps failures to exit codes.
+
+    With `prepare_store`, the SQLite store of the tracking URI is created first, safely when many
+    processes start at once (`store.ensure_database`); commands that pick their own store pass False.
 
     A `PipelineError` (bad input, a gate that said no) is one line on stderr, without a
     traceback; an MLflow error is reported the same way. Anything else is a bug and keeps
@@ -56,6 +60,8 @@ def run(step: Callable[[], T], report: Callable[[T], None]) -> int:
     """
     configure_logging()
     try:
+        if prepare_store:
+            store.ensure_database()
         result = step()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
     housing-mlops-container [run [pipeline flags]]     train → quantize → promote, then predict
     housing-mlops-container serve [--host H --port P]  serve the champion (`mlflow models serve`)
+                                                       on 127.0.0.1:8080 ($HOUSING_MLOPS_SERVE_HOST)
 
 Everything is logged through a local tracking server over the tracking directory
 (`--tracking-dir`, or `$HOUSING_MLOPS_TRACKING_DIR`, default `./tracking`), so the directory
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 TRACKING_DIR_ENV = "HOUSING_MLOPS_TRACKING_DIR"
 DEFAULT_TRACKING_DIR = "tracking"
 PREDICTIONS_FILE = "predictions.csv"
-SERVE_HOST = "0.0.0.0"  # inside a container; `docker run -p` decides what the host exposes
+SERVE_HOST_ENV = "HOUSING_MLOPS_SERVE_HOST"
+# This machine only; the image sets 0.0.0.0 (through SERVE_HOST_ENV), where `docker run -p`
+# decides what the host exposes.
+SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8080
 
 
@@ -104,7 +108,9 @@ def champion_files(tracking_dir: Path) -> tuple[str, Path] | None:
 
     from pipeline import registry
 
-    with tracking_uri(store.backend_uri(tracking_dir)):
+    uri = store.backend_uri(tracking_dir)
+    store.ensure_database(uri)
+    with tracking_uri(uri):
         version = registry.version_by_alias(ALIAS_CHAMPION)
         if version is None:
             return None
@@ -159,7 +165,12 @@ def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) ->
     """
     from pipeline import cli
 
-    return cli.run(lambda: prepare_champion(tracking_dir), report=lambda prepared: _exec_server(*prepared, host, port))
+    # The tracking directory's store is the one used, prepared by its local server.
+    return cli.run(
+        lambda: prepare_champion(tracking_dir),
+        report=lambda prepared: _exec_server(*prepared, host, port),
+        prepare_store=False,
+    )
 
 
 def _exec_server(version: str, model_path: Path, host: str, port: int) -> None:
@@ -189,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "flags after 'run' go to 'python -m pipeline main' (run --bits 4)",
     )
     serve_parser = commands.add_parser("serve", help="serve the champion (runs the pipeline first if there is none)")
-    serve_parser.add_argument("--host", default=SERVE_HOST, help="address to listen on (default %(default)s)")
+    serve_parser.add_argument(
+        "--host",
+        default=os.environ.get(SERVE_HOST_ENV, SERVE_HOST),
+        help=f"address to listen on (default ${SERVE_HOST_ENV} or {SERVE_HOST})",
+    )
     serve_parser.add_argument("--port", type=int, default=SERVE_PORT, help="port to listen on (default %(default)s)")
     return parser
 
@@ -220,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Predictions: {output}\nTracking directory: {args.tracking_dir} (open it with: "
             f"{' '.join(store.server_command(args.tracking_dir))})"
         ),
+        prepare_store=False,
     )
 
 

@@ -8,15 +8,20 @@ URI relative to that folder: the directory `DIR` (`mlflow.db` + `artifacts/`) ca
 
 `python -m pipeline.store --dir DIR -- COMMAND ...` runs a command with `MLFLOW_TRACKING_URI`
 pointing at such a server on 127.0.0.1, started for the command and stopped after it.
+
+`ensure_database` creates a SQLite store safely when many processes start on it at once; every
+step calls it before it touches the store (see `pipeline.cli.run`), and so does `local_server`.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -37,11 +42,151 @@ ARTIFACTS_DIR = "artifacts"
 # Importing MLflow's server twice (CLI, then its uvicorn worker) takes 10-30 s on a busy machine.
 START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
+# Next to the database: `mlflow.db` -> `mlflow.schema.lock`.
+SCHEMA_LOCK_SUFFIX = ".schema.lock"
 
 
 def backend_uri(root: Path) -> str:
     """The SQLite URI of the tracking directory `root`."""
-    return f"sqlite:///{Path(root).resolve() / DB_FILE}"
+    return sqlite_uri(Path(root).resolve() / DB_FILE)
+
+
+def sqlite_uri(path: Path) -> str:
+    """The `sqlite:` URI that opens the database file `path`, whatever characters it has."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file a `sqlite:` tracking URI opens, or None for other stores and in-memory databases.
+
+    Read as SQLAlchemy reads it, which is how MLflow opens it: percent-escapes decoded, the query
+    (`?timeout=20`) left out, and a relative path (three slashes) taken from the working folder.
+    """
+    if not uri.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    if not url.database or url.database == ":memory:" or url.query.get("uri"):
+        return None
+    return Path(url.database)
+
+
+def ensure_database(uri: str | None = None) -> None:
+    """Creates, or finishes creating, the SQLite store at `uri` before MLflow opens it, one
+    process at a time.
+
+    MLflow creates a store's tables (and adds the ones an older store lacks) in whichever process
+    opens it first, without a lock: processes that start together on a new file run the same
+    migrations at once, fail (`table _alembic_tmp_experiments already exists`, `duplicate column
+    name`), and can leave the file half-migrated for good. Here one process does it under an
+    exclusive lock on a file next to the database while the others wait. A new database is built
+    under a temporary name and linked into place complete, so no process, and no kill, ever meets
+    a half-made one. Other stores (a server, a folder) are left to MLflow.
+
+    Args:
+        uri: A tracking URI; by default the one MLflow uses in this process (`MLFLOW_TRACKING_URI`,
+            else MLflow's default, `sqlite:///mlflow.db` in the working folder).
+
+    Raises:
+        PipelineError: The file is not a database, or its folder cannot hold one.
+    """
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    path = sqlite_path(uri)
+    if path is None or _schema_is_current(path):
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(path.with_suffix(SCHEMA_LOCK_SUFFIX)):
+            if not path.exists():
+                _create(path, uri)
+            elif not _schema_is_current(path):
+                _initialize(uri, path)
+    except OSError as err:
+        raise PipelineError(f"cannot create the tracking database {path}: {err.strerror or err}") from None
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the file `path` (created if missing) while the block runs.
+
+    The kernel releases it when the process ends, however it ends, so a killed holder never
+    blocks the others.
+    """
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _schema_is_current(path: Path) -> bool:
+    """Whether `path` is a database whose schema is the one this MLflow writes (read-only check)."""
+    if not path.is_file():
+        return False
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as database:
+            revisions = database.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.DatabaseError:  # empty, half-made, locked by a writer, or not a database
+        return False
+    return revisions == [(_get_latest_schema_revision(),)]
+
+
+def _create(path: Path, uri: str) -> None:
+    """Builds a new store beside `path` and links it into place once complete."""
+    # Only the holder of the lock writes it, so one found here was left by a killed creator.
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.unlink(missing_ok=True)
+    try:
+        _initialize(sqlite_uri(temporary.resolve()), temporary)
+        if not _publish(temporary, path):
+            # Created meanwhile by a process that takes no lock (the `mlflow` command itself).
+            _initialize(uri, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _publish(temporary: Path, path: Path) -> bool:
+    """Puts the finished database at `path` unless a file appeared there; False if one did."""
+    try:
+        os.link(temporary, path)  # never replaces an existing file
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
+        if path.exists():
+            return False
+        os.replace(temporary, path)
+    return True
+
+
+def _initialize(uri: str, path: Path) -> None:
+    """What MLflow does on opening a store, creating or completing its tables, done here once.
+
+    A store whose tables are all there but whose schema is older is left as it is: MLflow then
+    says to run `mlflow db upgrade`.
+    """
+    from mlflow.store.db.utils import _all_tables_exist, _initialize_tables, create_sqlalchemy_engine_with_retry
+    from sqlalchemy.exc import DatabaseError
+
+    engine = create_sqlalchemy_engine_with_retry(uri)
+    try:
+        if not _all_tables_exist(engine):
+            log.info("creating the MLflow tables of %s", path)
+            _initialize_tables(engine)
+    except DatabaseError as err:
+        # Not a database at all, or one half-migrated by processes that took no lock.
+        raise PipelineError(
+            f"{path} is not a complete MLflow tracking database and could not be completed ({err.orig})"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def server_command(root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -138,6 +283,8 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    # The server would create the database as MLflow does, racing any other server started on it.
+    ensure_database(backend_uri(root))
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlflow", *server_command(root, port=port)[1:]]
@@ -217,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         with local_server(args.dir, args.port) as url:
             run_command(command, url)
 
-    return cli.run(step, report=lambda _: None)
+    # The store used is DIR's, which local_server prepares; not the one MLFLOW_TRACKING_URI names.
+    return cli.run(step, report=lambda _: None, prepare_store=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The whole pipeline: `mlflow run .`, determinism across runs, and concurrent pipelines."""
+"""The whole pipeline: `mlflow run .`, determinism across runs, and concurrent pipelines and
+trains on a store that does not exist yet."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import registry
-from pipeline.config import ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, EXPERIMENT_NAME, MODEL_NAME
+from pipeline import registry, store
+from pipeline.config import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS_CHAMPION,
+    ALIAS_QUANTIZED,
+    EXPERIMENT_NAME,
+    MODEL_NAME,
+)
 from pipeline.errors import PipelineError
 from pipeline.main import run_pipeline
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Store, using
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +31,16 @@ def _runs(filter_string: str = "") -> list:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     return client.search_runs([experiment.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
+
+
+def _run_at_once(command: list[str], n: int, cwd: Path) -> None:
+    """Starts `n` copies of `command` together; each must exit 0."""
+    processes = [
+        subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    failures = [err.strip().splitlines()[-5:] for p, (_, err) in zip(processes, outputs, strict=True) if p.returncode]
+    assert [p.returncode for p in processes] == [0] * n, failures
 
 
 def test_mlflow_run_default_entry_point_then_again_in_process(tracking_uri: str, python: str, tmp_path: Path) -> None:
@@ -59,19 +77,9 @@ def test_mlflow_run_default_entry_point_then_again_in_process(tracking_uri: str,
 
 
 def test_four_concurrent_pipelines_lose_nothing(tracking_uri: str, python: str, tmp_path: Path) -> None:
-    processes = [
-        subprocess.Popen(
-            [python, "-m", "pipeline", "main"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    outputs = [p.communicate(timeout=600) for p in processes]
-    failures = [err.strip().splitlines()[-5:] for p, (_, err) in zip(processes, outputs, strict=True) if p.returncode]
-    assert [p.returncode for p in processes] == [0, 0, 0, 0], failures
+    # They start on a path where no database exists yet: creating it is part of the race.
+    store.sqlite_path(tracking_uri).unlink()
+    _run_at_once([python, "-m", "pipeline", "main"], 4, tmp_path)
     runs = _runs()
     parents = [r for r in runs if r.data.tags.get("step") == "main"]
     assert len(parents) == 4, sorted((r.data.tags.get("mlflow.runName"), r.data.tags.get("step")) for r in runs)
@@ -88,6 +96,29 @@ def test_four_concurrent_pipelines_lose_nothing(tracking_uri: str, python: str, 
     promotes = [r for r in runs if r.data.tags.get("step") == "promote"]
     assert sum(r.data.tags["decision"] == "promoted" for r in promotes) == 4
     assert registry.version_by_alias(ALIAS_PREVIOUS_CHAMPION) is not None
+
+
+def test_six_trains_started_at_once_create_a_new_store_whole(python: str, tmp_path: Path) -> None:
+    new = Store(tmp_path / "new-folder")  # neither the folder nor the database exists
+    with using(new):
+        _run_at_once([python, "-m", "pipeline", "train"], 6, tmp_path)
+        runs = _runs()
+        assert sorted(r.data.tags["step"] for r in runs) == ["train"] * 6
+        assert all(r.info.status == "FINISHED" for r in runs)
+        versions = MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
+        assert sorted(int(v.version) for v in versions) == list(range(1, 7))
+        assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
+        challenger = registry.version_by_alias(ALIAS_CHALLENGER)
+        assert challenger.run_id in {r.info.run_id for r in runs}
+
+        # A later command works on the store they made.
+        later = subprocess.run(
+            [python, "-m", "pipeline", "quantize"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert later.returncode == 0, later.stderr[-3000:]
+        quantized = registry.version_by_alias(ALIAS_QUANTIZED)
+        assert int(quantized.version) == 7
+        assert quantized.tags["quantization"] == "int8"
 
 
 def test_bad_bits_are_refused_before_anything_is_registered(tracking_uri: str) -> None:

@@ -1,8 +1,15 @@
-"""The tracking directory opens anywhere, and the mlflow#7819 trap is caught with its fix."""
+"""The tracking directory opens anywhere, the mlflow#7819 trap is caught with its fix, and a new
+SQLite store is created whole when many processes start on it at once."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -15,6 +22,7 @@ from pipeline import data, store
 from pipeline.__main__ import main as pipeline_main
 from pipeline.config import EXPERIMENT_NAME, MODEL_NAME
 from pipeline.container import PREDICTIONS_FILE, tracking_through_server, tracking_uri
+from pipeline.errors import PipelineError
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +89,84 @@ def test_experiment_made_by_a_server_is_refused_on_the_database_file(container_r
     assert f"python -m pipeline.store --dir {copy.resolve()} --" in errors[0]
     assert len(client.search_runs([experiment.experiment_id])) == runs_before
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == versions_before
+
+
+def _schema_revision(path: Path) -> list[tuple[str]]:
+    with closing(sqlite3.connect(path)) as database:
+        return database.execute("SELECT version_num FROM alembic_version").fetchall()
+
+
+def _head() -> list[tuple[str]]:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return [(_get_latest_schema_revision(),)]
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("sqlite:///mlflow.db", Path("mlflow.db")),
+        ("sqlite:////abs/mlflow.db", Path("/abs/mlflow.db")),
+        ("sqlite:///stores/a%20b.db?timeout=20", Path("stores/a b.db")),
+        ("sqlite:///:memory:", None),
+        ("sqlite://", None),
+        ("http://127.0.0.1:5000", None),
+        ("file:///tmp/mlruns", None),
+    ],
+)
+def test_sqlite_path_is_the_file_sqlalchemy_opens(uri: str, path: Path | None) -> None:
+    assert store.sqlite_path(uri) == path
+
+
+def test_processes_started_at_once_on_the_default_store_create_it_whole(tmp_path: Path) -> None:
+    """No MLFLOW_TRACKING_URI: MLflow 3's default, `sqlite:///mlflow.db` in the working folder."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    code = "from pipeline import store; store.ensure_database()"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, [e[-2000:] for e in errors if e]
+    assert _schema_revision(tmp_path / "mlflow.db") == _head()
+    # The lock stays (harmless, git-ignored); nothing half-made is left beside the database.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.schema.lock"]
+    assert [e.name for e in MlflowClient(store.sqlite_uri(tmp_path / "mlflow.db")).search_experiments()] == ["Default"]
+
+
+def test_a_relative_sqlite_uri_is_created_from_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store.ensure_database("sqlite:///new/folder/my%20store.db")
+    assert _schema_revision(tmp_path / "new" / "folder" / "my store.db") == _head()
+
+
+def test_an_empty_file_and_a_killed_creators_leftover_are_completed(tmp_path: Path) -> None:
+    empty = tmp_path / "empty" / "mlflow.db"
+    empty.parent.mkdir()
+    empty.touch()  # what `sqlite3.connect` leaves before any table exists
+    store.ensure_database(store.sqlite_uri(empty))
+    assert _schema_revision(empty) == _head()
+
+    fresh = tmp_path / "fresh" / "mlflow.db"
+    leftover = fresh.with_name(".mlflow.db.new")
+    leftover.parent.mkdir()
+    leftover.write_text("half a database")
+    store.ensure_database(store.sqlite_uri(fresh))
+    assert _schema_revision(fresh) == _head()
+    assert not leftover.exists()
+
+
+def test_a_file_that_is_not_a_database_is_named_and_left_alone(tmp_path: Path) -> None:
+    text = tmp_path / "mlflow.db"
+    text.write_text("prediction\n1.0\n" * 100)
+    expected = rf"^{re.escape(str(text))} is not a complete MLflow tracking database .*file is not a database"
+    with pytest.raises(PipelineError, match=expected):
+        store.ensure_database(store.sqlite_uri(text))
+    assert text.read_text() == "prediction\n1.0\n" * 100
+
+
+def test_other_stores_are_left_to_mlflow(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store.ensure_database("http://127.0.0.1:9")  # nothing listens: a server is not touched
+    store.ensure_database(tmp_path.joinpath("mlruns").as_uri())
+    assert list(tmp_path.iterdir()) == []
