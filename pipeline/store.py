@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+# Set while `local_server` runs, for the steps logging through it: a client of the server
+# cannot learn the directory behind it, and must never write its output there (pipeline.paths).
+DIR_ENV = "HOUSING_MLOPS_STORE_DIR"
 # Importing MLflow's server twice (CLI, then its uvicorn worker) takes 10-30 s on a busy machine.
 START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
@@ -149,12 +152,18 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
         with log_file.open("wb") as out:
             # Its own session, so stopping it also stops the uvicorn worker it starts.
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        previous = os.environ.get(DIR_ENV)
+        os.environ[DIR_ENV] = str(root)
         try:
             log.info("starting a tracking server for %s at %s", root, url)
             wait_until_up(f"{url}/health", process, timeout, log_file)
             yield url
         finally:
             stop(process)
+            if previous is None:
+                os.environ.pop(DIR_ENV, None)
+            else:
+                os.environ[DIR_ENV] = previous
 
 
 def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
