@@ -1,0 +1,143 @@
+"""SIGTERM (`kill`, `docker stop`, a CI cancel) and SIGINT (Ctrl-C) stop a step cleanly: its open
+runs end as KILLED, its temp files are removed, and it exits 143 / 130 with one line on stderr.
+
+Each test starts a real step in a subprocess on a real store, waits until it is mid-way (its run
+RUNNING, or predict's temp file growing), and sends the signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import FEATURES
+from tests.conftest import ROOT
+
+# Seconds to wait for a step to reach the point where it is stopped; generous on a busy machine.
+REACH_TIMEOUT = 600
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+def runs() -> list[Run]:
+    client = MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + REACH_TIMEOUT
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the step exited ({process.returncode}) before {what}: {process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within {REACH_TIMEOUT} s")
+        time.sleep(0.1)
+
+
+def nested_run_running() -> bool:
+    return any(r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags for r in runs())
+
+
+def start(command: list[str], tmp_path: Path, **kwargs) -> tuple[subprocess.Popen, Path]:
+    """Starts `command` with a private temp folder (returned), so leftovers can be seen."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return process, temp
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=REACH_TIMEOUT)
+    return process.returncode, err
+
+
+def assert_one_line(err: str, signum: int) -> None:
+    """The step's own line ends stderr; above it only log lines, no traceback."""
+    assert (
+        err.strip().splitlines()[-1]
+        == f"error: stopped by {signal.Signals(signum).name}; its open runs ended as KILLED"
+    )
+    assert "Traceback" not in err
+    assert err.count("error:") == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_pipeline_stopped_mid_train(tracking_uri: str, python: str, tmp_path: Path, signum: int) -> None:
+    process, temp = start([python, "-m", "pipeline", "main"], tmp_path, cwd=tmp_path)
+    wait_until(nested_run_running, process, "nested run RUNNING")
+
+    process.send_signal(signum)
+
+    code, err = finish(process)
+    assert code == EXIT_CODES[signum]
+    assert_one_line(err, signum)
+    statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in runs()}
+    assert statuses.get("pipeline") == "KILLED"
+    assert "train" in statuses
+    assert set(statuses.values()) == {"KILLED"}
+    assert list(temp.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def large_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 100 MB of valid rows: predict is still scoring it seconds after it started."""
+    path = tmp_path_factory.mktemp("large") / "large.csv"
+    row = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23\n"
+    block = row * 100_000
+    with path.open("w") as handle:
+        handle.write(",".join(FEATURES) + "\n")
+        for _ in range(20):
+            handle.write(block)
+    return path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_predict_stopped_mid_scoring(scoring: str, python: str, large_csv: Path, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    runs_before = {r.info.run_id for r in runs()}
+    command = [python, "-m", "pipeline", "predict", "--input", str(large_csv), "--output", str(out / "p.csv")]
+    process, temp = start(command, tmp_path)
+
+    def temp_file_growing() -> bool:
+        return any(p.stat().st_size > 0 for p in out.glob(".p.csv.*.tmp"))
+
+    wait_until(temp_file_growing, process, "temp file being written")
+    process.send_signal(signum)
+
+    code, err = finish(process)
+    assert code == EXIT_CODES[signum]
+    assert_one_line(err, signum)
+    assert list(out.iterdir()) == []
+    assert list(temp.iterdir()) == []
+    # predict logs its run only once every row is scored: stopped before, it logged none.
+    assert {r.info.run_id for r in runs()} == runs_before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_mlflow_run_stopped_mid_pipeline(tracking_uri: str, python: str, tmp_path: Path, signum: int) -> None:
+    # The whole process group gets the signal, as from Ctrl-C in a terminal or a CI runner.
+    mlflow_cli = [python, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local"]
+    process, temp = start([*mlflow_cli, "--experiment-name", "california-housing"], tmp_path, start_new_session=True)
+    wait_until(nested_run_running, process, "nested run RUNNING")
+
+    os.killpg(process.pid, signum)
+
+    finish(process)
+    statuses = [r.info.status for r in runs()]
+    # `mlflow run`'s own run (the pipeline's parent) and every nested run the step had started.
+    assert len(statuses) >= 2
+    assert set(statuses) == {"KILLED"}
+    assert list(temp.iterdir()) == []
