@@ -86,8 +86,11 @@ def _signals_interrupt() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
+        # After a signal they stay ignored: a second one would kill the process before it exits
+        # with its code.
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) is _raise_interrupted:
+                signal.signal(signum, handler)
 
 
 def run(step: Callable[[], T], report: Callable[[T], None]) -> int:
