@@ -53,6 +53,7 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(self, signum: int) -> None:
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
         super().__init__(self.signal_name)

@@ -191,12 +191,21 @@ class CommandError(PipelineError):
 def run_command(command: list[str], tracking_uri: str) -> None:
     """Runs a command with `MLFLOW_TRACKING_URI` set, its output going straight to ours.
 
+    A SIGTERM or SIGINT to this process (pipeline.cli) is passed on to the command, which is
+    waited for: it ends its runs through the server before the server stops.
+
     Raises:
         CommandError: The command exited non-zero (its own error is already on stderr).
     """
-    result = subprocess.run(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, check=False)
-    if result.returncode != 0:
-        raise CommandError(command, result.returncode)
+    with subprocess.Popen(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}) as process:
+        try:
+            code = process.wait()
+        except KeyboardInterrupt as err:
+            process.send_signal(getattr(err, "signum", signal.SIGINT))
+            process.wait()
+            raise
+    if code != 0:
+        raise CommandError(command, code)
 
 
 def build_parser() -> argparse.ArgumentParser:

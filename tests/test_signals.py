@@ -8,6 +8,7 @@ RUNNING, or predict's temp file growing), and sends the signal.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import FEATURES
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Store, using
 
 # Seconds to wait for a step to reach the point where it is stopped; generous on a busy machine.
 REACH_TIMEOUT = 600
@@ -46,11 +47,13 @@ def nested_run_running() -> bool:
     return any(r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags for r in runs())
 
 
-def start(command: list[str], tmp_path: Path, **kwargs) -> tuple[subprocess.Popen, Path]:
+def start(
+    command: list[str], tmp_path: Path, env: dict[str, str] | None = None, **kwargs
+) -> tuple[subprocess.Popen, Path]:
     """Starts `command` with a private temp folder (returned), so leftovers can be seen."""
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, "TMPDIR": str(temp)}
+    env = {**(os.environ if env is None else env), "TMPDIR": str(temp)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     return process, temp
 
@@ -154,3 +157,28 @@ def test_mlflow_run_stopped_mid_pipeline(
     assert set(statuses.values()) == {"KILLED"}
     # `mlflow run` makes an empty --storage-dir folder for every run and never removes it.
     assert [p for p in temp.rglob("*") if not p.is_dir()] == []
+
+
+@pytest.mark.integration
+def test_store_wrapper_passes_sigterm_on(python: str, tmp_path: Path, empty_db: Path) -> None:
+    # `python -m pipeline.store` runs the step in a child process; SIGTERM reaches only the wrapper.
+    directory = tmp_path / "tracking"
+    directory.mkdir()
+    shutil.copy(empty_db, directory / "mlflow.db")  # migrated: this test's reads race no migration
+    command = [python, "-m", "pipeline.store", "--dir", str(directory), "--", python, "-m", "pipeline", "main"]
+    env_free = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    with using(Store(directory)):
+        process, temp = start(command, tmp_path, cwd=tmp_path, env=env_free)
+        wait_until(nested_run_running, process, "nested run RUNNING")
+
+        process.send_signal(signal.SIGTERM)
+
+        code, err = finish(process)
+        statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in runs()}
+    assert code == 143
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM; its open runs ended as KILLED"
+    assert "Traceback" not in err
+    assert statuses.get("pipeline") == "KILLED"
+    assert "train" in statuses
+    assert set(statuses.values()) == {"KILLED"}
+    assert list(temp.iterdir()) == []
