@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,3 +153,29 @@ def test_other_files_beside_the_store_are_written(store_copy: Path) -> None:
     assert main(["--input", "x.csv", "--output", "predictions.csv"]) == 0
     assert Path("predictions.csv").read_text().splitlines()[0] == "prediction"
     assert main(["--input", "x.csv", "--output", "mlflow.db.csv"]) == 0
+
+
+@pytest.mark.integration
+def test_through_pipeline_store_server(python: str, tmp_path: Path, empty_db: Path) -> None:
+    # The step sees only the server's URL; pipeline.store tells it which directory is behind it.
+    directory = tmp_path / "tracking"
+    (directory / "artifacts").mkdir(parents=True)
+    database = directory / "mlflow.db"
+    shutil.copy(empty_db, database)
+    before = digest(database)
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    for output, what in (
+        (database, f"is the tracking database {database}"),
+        (directory / "artifacts" / "p.csv", f"lies under the artifact root {directory / 'artifacts'}"),
+    ):
+        command = [python, "-m", "pipeline", "predict", "--output", str(output)]
+        result = subprocess.run(
+            [python, "-m", "pipeline.store", "--dir", str(directory), "--", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 2
+        assert f"error: output {output} {what}; nothing was written, choose another file\n" in result.stderr
+        assert digest(database) == before
