@@ -166,7 +166,9 @@ def predict(
 
     Raises:
         PipelineError: Unreachable tracking server, unknown alias or version, unusable
-            output path, or a model without a recorded split when no input is given.
+            output path, an output that would replace the tracking database, an artifact,
+            the input or the held-out split's data (`pipeline.paths`), or a model without a
+            recorded split when no input is given.
         DataError: The input cannot be used; the message names file, column and row.
     """
     if chunksize < 1:
@@ -182,6 +184,8 @@ def predict(
     batch = open_csv(input_path, chunksize) if input_path else None
     model = mlflow.pyfunc.load_model(load_uri)
     batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
+    if batch.data_file:
+        paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
     show = sys.stderr.isatty() if progress is None else progress
     try:
         handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
@@ -244,12 +248,14 @@ class Batch:
         source: Where they come from, as recorded in the run.
         total_rows: The row count, or an estimate, for the progress bar.
         seconds_read: Time already spent reading chunks, counted in the throughput.
+        data_file: The CSV the held-out split was cut from, which the output must not replace.
     """
 
     chunks: Iterable[pd.DataFrame]
     source: str
     total_rows: int | None
     seconds_read: float = 0.0
+    data_file: str | None = None
 
 
 def open_csv(input_path: str, chunksize: int) -> Batch:
@@ -275,7 +281,9 @@ def held_out_split(run_id: str | None, model_uri: str) -> Batch:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no held-out split; pass --input")
     split, record = tracking.load_split(run_id)
     frame = split.X_test.assign(**{TARGET: split.y_test})
-    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {record['source']})", len(frame))
+    source = record["source"]
+    data_file = source if Path(source).is_file() else None  # not scikit-learn's download
+    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {source})", len(frame), 0.0, data_file)
 
 
 def score(

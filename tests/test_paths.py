@@ -179,3 +179,27 @@ def test_through_pipeline_store_server(python: str, tmp_path: Path, empty_db: Pa
         assert result.returncode == 2
         assert f"error: output {output} {what}; nothing was written, choose another file\n" in result.stderr
         assert digest(database) == before
+
+
+def test_data_of_the_held_out_split_is_an_input(
+    tracking_uri: str, tmp_path: Path, synthetic_frame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.train import train
+
+    data_file = tmp_path / "houses.csv"
+    synthetic_frame.to_csv(data_file, index=False)
+    before = digest(data_file)
+    trained = train(str(data_file))
+    runs_before = all_runs()
+    capsys.readouterr()
+
+    # No --input: predict scores the held-out rows, read from the file it would write.
+    assert main(["--model-uri", trained.model_uri, "--output", str(data_file)]) == 2
+
+    assert capsys.readouterr().err.strip() == (
+        f"error: output {data_file} is the data of the held-out split {data_file}; "
+        "nothing was written, choose another file"
+    )
+    assert digest(data_file) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["houses.csv", "store"]
+    assert all_runs() == runs_before
