@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,37 @@ def runs() -> list[Run]:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
+@dataclass(frozen=True)
+class Step:
+    """A step started in a subprocess, its private temp folder, and the file its stderr goes to
+    (a pipe nobody reads while the test waits could fill up and stall it)."""
+
+    process: subprocess.Popen
+    temp: Path
+    stderr: Path
+
+    def stderr_text(self) -> str:
+        return self.stderr.read_text()
+
+
+def start(command: list[str], tmp_path: Path, env: dict[str, str] | None = None, **kwargs) -> Step:
+    """Starts `command` with a private temp folder, so leftovers can be seen."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**(os.environ if env is None else env), "TMPDIR": str(temp)}
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, **kwargs)
+    return Step(process, temp, stderr)
+
+
+def wait_until(condition: Callable[[], bool], step: Step, what: str) -> None:
     deadline = time.monotonic() + REACH_TIMEOUT
     while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the step exited ({process.returncode}) before {what}: {process.stderr.read()[-3000:]}")
+        if step.process.poll() is not None:
+            pytest.fail(f"the step exited ({step.process.returncode}) before {what}: {step.stderr_text()[-3000:]}")
         if time.monotonic() > deadline:
-            process.kill()
+            step.process.kill()
             pytest.fail(f"no {what} within {REACH_TIMEOUT} s")
         time.sleep(0.1)
 
@@ -47,20 +72,20 @@ def nested_run_running() -> bool:
     return any(r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags for r in runs())
 
 
-def start(
-    command: list[str], tmp_path: Path, env: dict[str, str] | None = None, **kwargs
-) -> tuple[subprocess.Popen, Path]:
-    """Starts `command` with a private temp folder (returned), so leftovers can be seen."""
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    env = {**(os.environ if env is None else env), "TMPDIR": str(temp)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    return process, temp
+def wait_until_group_gone(group: int) -> None:
+    deadline = time.monotonic() + REACH_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"processes of group {group} still run after {REACH_TIMEOUT} s")
 
 
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, err = process.communicate(timeout=REACH_TIMEOUT)
-    return process.returncode, err
+def finish(step: Step) -> tuple[int, str]:
+    step.process.wait(timeout=REACH_TIMEOUT)
+    return step.process.returncode, step.stderr_text()
 
 
 def assert_one_line(err: str, signum: int) -> None:
@@ -76,19 +101,19 @@ def assert_one_line(err: str, signum: int) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_pipeline_stopped_mid_train(tracking_uri: str, python: str, tmp_path: Path, signum: int) -> None:
-    process, temp = start([python, "-m", "pipeline", "main"], tmp_path, cwd=tmp_path)
-    wait_until(nested_run_running, process, "nested run RUNNING")
+    step = start([python, "-m", "pipeline", "main"], tmp_path, cwd=tmp_path)
+    wait_until(nested_run_running, step, "nested run RUNNING")
 
-    process.send_signal(signum)
+    step.process.send_signal(signum)
 
-    code, err = finish(process)
+    code, err = finish(step)
     assert code == EXIT_CODES[signum]
     assert_one_line(err, signum)
     statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in runs()}
     assert statuses.get("pipeline") == "KILLED"
     assert "train" in statuses
     assert set(statuses.values()) == {"KILLED"}
-    assert list(temp.iterdir()) == []
+    assert list(step.temp.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +136,19 @@ def test_predict_stopped_mid_scoring(scoring: str, python: str, large_csv: Path,
     out.mkdir()
     runs_before = {r.info.run_id for r in runs()}
     command = [python, "-m", "pipeline", "predict", "--input", str(large_csv), "--output", str(out / "p.csv")]
-    process, temp = start(command, tmp_path)
+    step = start(command, tmp_path)
 
     def temp_file_growing() -> bool:
         return any(p.stat().st_size > 0 for p in out.glob(".p.csv.*.tmp"))
 
-    wait_until(temp_file_growing, process, "temp file being written")
-    process.send_signal(signum)
+    wait_until(temp_file_growing, step, "temp file being written")
+    step.process.send_signal(signum)
 
-    code, err = finish(process)
+    code, err = finish(step)
     assert code == EXIT_CODES[signum]
     assert_one_line(err, signum)
     assert list(out.iterdir()) == []
-    assert list(temp.iterdir()) == []
+    assert list(step.temp.iterdir()) == []
     # predict logs its run only once every row is scored: stopped before, it logged none.
     assert {r.info.run_id for r in runs()} == runs_before
 
@@ -139,12 +164,15 @@ def test_mlflow_run_stopped_mid_pipeline(
 ) -> None:
     # The whole process group gets the signal, as from Ctrl-C in a terminal or a CI runner.
     mlflow_cli = [python, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local"]
-    process, temp = start([*mlflow_cli, "--experiment-name", "california-housing"], tmp_path, start_new_session=True)
-    wait_until(nested_run_running, process, "nested run RUNNING")
+    step = start([*mlflow_cli, "--experiment-name", "california-housing"], tmp_path, start_new_session=True)
+    wait_until(nested_run_running, step, "nested run RUNNING")
 
-    os.killpg(process.pid, signum)
+    os.killpg(step.process.pid, signum)
 
-    _, err = finish(process)
+    _, err = finish(step)
+    # SIGTERM ends `mlflow run` at once; the step, its child, may still be ending its runs.
+    wait_until_group_gone(step.process.pid)
+    err = step.stderr_text()
     assert f"error: stopped by {signal.Signals(signum).name}; its open runs ended as KILLED" in err
     statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in runs()}
     # Every run the step started ends KILLED. SIGTERM ends `mlflow run` too, and its run (the
@@ -156,7 +184,7 @@ def test_mlflow_run_stopped_mid_pipeline(
     assert "train" in statuses
     assert set(statuses.values()) == {"KILLED"}
     # `mlflow run` makes an empty --storage-dir folder for every run and never removes it.
-    assert [p for p in temp.rglob("*") if not p.is_dir()] == []
+    assert [p for p in step.temp.rglob("*") if not p.is_dir()] == []
 
 
 @pytest.mark.integration
@@ -168,12 +196,12 @@ def test_store_wrapper_passes_sigterm_on(python: str, tmp_path: Path, empty_db: 
     command = [python, "-m", "pipeline.store", "--dir", str(directory), "--", python, "-m", "pipeline", "main"]
     env_free = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     with using(Store(directory)):
-        process, temp = start(command, tmp_path, cwd=tmp_path, env=env_free)
-        wait_until(nested_run_running, process, "nested run RUNNING")
+        step = start(command, tmp_path, cwd=tmp_path, env=env_free)
+        wait_until(nested_run_running, step, "nested run RUNNING")
 
-        process.send_signal(signal.SIGTERM)
+        step.process.send_signal(signal.SIGTERM)
 
-        code, err = finish(process)
+        code, err = finish(step)
         statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in runs()}
     assert code == 143
     assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM; its open runs ended as KILLED"
@@ -181,4 +209,4 @@ def test_store_wrapper_passes_sigterm_on(python: str, tmp_path: Path, empty_db: 
     assert statuses.get("pipeline") == "KILLED"
     assert "train" in statuses
     assert set(statuses.values()) == {"KILLED"}
-    assert list(temp.iterdir()) == []
+    assert list(step.temp.iterdir()) == []
