@@ -109,9 +109,11 @@ def monitor(
     reference = _load_reference(reference_path, run_id, model_uri)
     _check_size(reference.description, "reference", len(reference.X), min_batch)
 
-    batch_pred = model_predictions(model, batch.X)
+    batch_pred = model_predictions(model, batch.X, batch.source)
     # The prediction is a ninth column, tested in the same family as the features.
-    ref_columns = np.column_stack([reference.X.to_numpy(), model_predictions(model, reference.X)])
+    ref_columns = np.column_stack(
+        [reference.X.to_numpy(), model_predictions(model, reference.X, reference.description)]
+    )
     batch_columns = np.column_stack([batch.X.to_numpy(), batch_pred])
     result = drift.detect(ref_columns, batch_columns)
     drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))

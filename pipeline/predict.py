@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.uri import is_local_uri
 
-from pipeline import cli, data, registry, tracking
+from pipeline import cli, data, paths, registry, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
-from pipeline.errors import PipelineError
+from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors
 from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
 
@@ -160,7 +162,9 @@ def predict(
 
     Raises:
         PipelineError: Unreachable tracking server, unknown alias or version, unusable
-            output path, or a model without a recorded split when no input is given.
+            output path, an output that would replace the tracking database, an artifact,
+            the input or the held-out split's data (`pipeline.paths`), or a model without a
+            recorded split when no input is given.
         DataError: The input cannot be used; the message names file, column and row.
     """
     CHUNKSIZE.check(chunksize)
@@ -170,10 +174,13 @@ def predict(
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
     check_tracking_server()
+    paths.check_output(output_path, _inputs(input_path, model_uri))
     version, load_uri = registry.pin(model_uri)
     batch = open_csv(input_path, chunksize) if input_path else None
     model = mlflow.pyfunc.load_model(load_uri)
     batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
+    if batch.data_file:
+        paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
     show = sys.stderr.isatty() if progress is None else progress
     try:
         handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
@@ -182,7 +189,9 @@ def predict(
     os.close(handle)
     try:
         started = time.perf_counter()
-        n_rows, errors, sample = score(model, batch.chunks, temporary, Progress(batch.total_rows) if show else None)
+        n_rows, errors, sample = score(
+            model, batch.chunks, temporary, batch.source, Progress(batch.total_rows) if show else None
+        )
         rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
         metrics = errors.metrics()
         resolved = f"version {version.version}" if version else "no registered version"
@@ -217,6 +226,14 @@ def predict(
     )
 
 
+def _inputs(input_path: str | None, model_uri: str) -> list[tuple[str, str]]:
+    """What predict reads from files, for the output guard: the CSV, and a model given as a folder."""
+    inputs = [("the input", input_path)] if input_path else []
+    if is_local_uri(model_uri) and Path(local_file_uri_to_path(model_uri)).exists():
+        inputs.append(("the model", local_file_uri_to_path(model_uri)))
+    return inputs
+
+
 @dataclass(frozen=True)
 class Batch:
     """Rows to score, as validated chunks.
@@ -226,12 +243,14 @@ class Batch:
         source: Where they come from, as recorded in the run.
         total_rows: The row count, or an estimate, for the progress bar.
         seconds_read: Time already spent reading chunks, counted in the throughput.
+        data_file: The CSV the held-out split was cut from, which the output must not replace.
     """
 
     chunks: Iterable[pd.DataFrame]
     source: str
     total_rows: int | None
     seconds_read: float = 0.0
+    data_file: str | None = None
 
 
 def open_csv(input_path: str, chunksize: int) -> Batch:
@@ -257,30 +276,40 @@ def held_out_split(run_id: str | None, model_uri: str) -> Batch:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no held-out split; pass --input")
     split, record = tracking.load_split(run_id)
     frame = split.X_test.assign(**{TARGET: split.y_test})
-    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {record['source']})", len(frame))
+    source = record["source"]
+    data_file = source if Path(source).is_file() else None  # not scikit-learn's download
+    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {source})", len(frame), 0.0, data_file)
 
 
 def score(
     model: mlflow.pyfunc.PyFuncModel,
     chunks: Iterable[pd.DataFrame],
     path: str,
+    origin: str,
     progress: Progress | None = None,
 ) -> tuple[int, RunningErrors, pd.DataFrame]:
     """Scores validated chunks and writes their predictions as CSV to the file at `path`.
+
+    `origin` (where the chunks come from) is named in errors.
 
     Returns:
         Rows scored, the accumulated errors (empty without targets), and the first rows.
 
     Raises:
         PipelineError: The file cannot be written.
+        DataError: A prediction is not finite; every chunk is read to count such rows.
     """
     errors = RunningErrors()
+    unusable = NonFinitePredictions()
     samples = []
     n_rows = 0
     writer = None
     try:
         for chunk in chunks:
-            pred = model_predictions(model, chunk[list(FEATURES)])
+            pred = raw_predictions(model, chunk[list(FEATURES)])
+            unusable.add(pred, chunk.index)
+            if unusable.count:
+                continue  # the file is refused; the rest is read only to count such rows
             columns = shown = {PREDICTION: pred}
             if TARGET in chunk.columns:
                 y = chunk[TARGET].to_numpy(dtype="float64")
@@ -298,6 +327,7 @@ def score(
                 progress.update(n_rows)
         if writer is not None:
             writer.close()
+        unusable.check(origin)
     except (OSError, pa.ArrowException) as err:
         raise PipelineError(f"cannot write predictions to {path}: {err}") from err
     finally:
@@ -308,17 +338,75 @@ def score(
     return n_rows, errors, pd.concat(samples, ignore_index=True)
 
 
-def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
-    """One float64 prediction per row, whatever container the model's flavor returns.
+def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin: str) -> np.ndarray:
+    """One finite float64 prediction per row, whatever container the model's flavor returns.
+
+    Args:
+        model: The loaded model.
+        X: The feature columns; its index + 1 is the data row in the file.
+        origin: Where the rows come from, named in errors.
+
+    Raises:
+        PipelineError: The model returned something else than one number per row.
+        DataError: A prediction is infinite or NaN (finite features so extreme that the model's
+            sum overflows); names the first such row and how many there are.
+    """
+    values = raw_predictions(model, X)
+    unusable = NonFinitePredictions()
+    unusable.add(values, X.index)
+    unusable.check(origin)
+    return values
+
+
+def raw_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
+    """The model's predictions as one float64 per row, finite or not.
 
     Raises:
         PipelineError: The model returned something else than one number per row.
     """
-    raw = model.predict(X)
+    # An overflow is reported, with its row, by NonFinitePredictions, not as numpy's warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        raw = model.predict(X)
     values = np.asarray(raw.to_numpy() if isinstance(raw, pd.DataFrame | pd.Series) else raw, dtype="float64")
     if values.size != len(X):
         raise PipelineError(f"the model returned {values.shape} values for {len(X)} rows, expected one per row")
     return values.reshape(-1)
+
+
+@dataclass
+class NonFinitePredictions:
+    """Rows whose prediction is infinite or NaN, counted across chunks.
+
+    Attributes:
+        first_row: The first such data row (1-based, as in the file), None when there is none.
+        first_value: Its prediction.
+        count: How many rows so far.
+    """
+
+    first_row: int | None = None
+    first_value: float = 0.0
+    count: int = 0
+
+    def add(self, values: np.ndarray, index: pd.Index) -> None:
+        """Counts the non-finite `values`; `index` + 1 are their data rows."""
+        bad = ~np.isfinite(values)
+        n_bad = int(bad.sum())
+        if n_bad and self.first_row is None:
+            at = int(np.argmax(bad))
+            self.first_row, self.first_value = int(index[at]) + 1, float(values[at])
+        self.count += n_bad
+
+    def check(self, origin: str) -> None:
+        """Raises when any row was counted.
+
+        Raises:
+            DataError: Naming `origin`, the first row, its prediction and the count.
+        """
+        if self.count:
+            raise DataError(
+                f"{origin}: row {self.first_row}: the model's prediction is {self.first_value} "
+                f"({self.count} such row(s)); features this extreme overflow the model"
+            )
 
 
 def _publish(temporary: str, output: Path) -> None:

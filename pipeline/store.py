@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+# Set while `local_server` runs, for the steps logging through it: a client of the server
+# cannot learn the directory behind it, and must never write its output there (pipeline.paths).
+DIR_ENV = "HOUSING_MLOPS_STORE_DIR"
 # Importing MLflow's server twice (CLI, then its uvicorn worker) takes 10-30 s on a busy machine.
 START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
@@ -296,12 +299,18 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
         with log_file.open("wb") as out:
             # Its own session, so stopping it also stops the uvicorn worker it starts.
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        previous = os.environ.get(DIR_ENV)
+        os.environ[DIR_ENV] = str(root)
         try:
             log.info("starting a tracking server for %s at %s", root, url)
             wait_until_up(f"{url}/health", process, timeout, log_file)
             yield url
         finally:
             stop(process)
+            if previous is None:
+                os.environ.pop(DIR_ENV, None)
+            else:
+                os.environ[DIR_ENV] = previous
 
 
 def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
@@ -329,12 +338,21 @@ class CommandError(PipelineError):
 def run_command(command: list[str], tracking_uri: str) -> None:
     """Runs a command with `MLFLOW_TRACKING_URI` set, its output going straight to ours.
 
+    A SIGTERM or SIGINT to this process (pipeline.cli) is passed on to the command, which is
+    waited for: it ends its runs through the server before the server stops.
+
     Raises:
         CommandError: The command exited non-zero (its own error is already on stderr).
     """
-    result = subprocess.run(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, check=False)
-    if result.returncode != 0:
-        raise CommandError(command, result.returncode)
+    with subprocess.Popen(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}) as process:
+        try:
+            code = process.wait()
+        except KeyboardInterrupt as err:
+            process.send_signal(getattr(err, "signum", signal.SIGINT))
+            process.wait()
+            raise
+    if code != 0:
+        raise CommandError(command, code)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.entities import RunStatus
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
@@ -118,7 +119,7 @@ def step_run(
         experiment_name: Experiment for a run this function creates itself.
 
     Yields:
-        The active run. It ends FAILED if the body raises.
+        The active run. It ends FAILED if the body raises, KILLED on SIGINT or SIGTERM.
     """
     if mlflow.active_run() is not None:
         context = mlflow.start_run(run_name=run_name, nested=True, description=description)
@@ -128,14 +129,20 @@ def step_run(
         ensure_experiment(experiment_name)
         context = mlflow.start_run(run_name=run_name, description=description)
     with context as run:
-        if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
-            _check_cli_experiment(run, experiment_name)
-        tags = {"step": step}
-        commit = git_commit()
-        if commit:
-            tags["git_commit"] = commit
-        mlflow.set_tags(tags)
-        yield run
+        try:
+            if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
+                _check_cli_experiment(run, experiment_name)
+            tags = {"step": step}
+            commit = git_commit()
+            if commit:
+                tags["git_commit"] = commit
+            mlflow.set_tags(tags)
+            yield run
+        except KeyboardInterrupt:
+            # SIGINT or SIGTERM (pipeline.cli): the run was stopped, it did not fail. Ended here,
+            # before the `with` would end it as FAILED; an enclosing step run does the same.
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
 
 
 def _cli_run_name(step_name: str) -> str | None:

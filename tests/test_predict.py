@@ -284,7 +284,7 @@ def test_progress_bar_when_asked(
 def test_write_errors_are_reported(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
     model = mlflow.pyfunc.load_model(CHALLENGER_URI)
     with pytest.raises(PipelineError, match=r"cannot write predictions to .*gone/out.csv: .*No such file"):
-        score(model, [held_out], str(tmp_path / "gone" / "out.csv"))
+        score(model, [held_out], str(tmp_path / "gone" / "out.csv"), "held-out rows")
 
 
 def test_output_folder_must_exist(scoring: str, tmp_path: Path) -> None:
@@ -296,6 +296,53 @@ def test_output_folder_that_cannot_be_written_is_named(scoring: str) -> None:
     # /proc takes no new files, not even from root.
     with pytest.raises(PipelineError, match=r"cannot write to output folder /proc: "):
         predict(output_path="/proc/predictions.csv")
+
+
+# Finite features so extreme that the model's weighted sum overflows float64.
+OVERFLOW_ROW = ROW.replace("8.3252", "1.7e308").replace("1.02", "1.7e308")
+
+
+@pytest.mark.parametrize("alias", SCORED_ALIASES)
+def test_overflowing_predictions_are_refused(
+    scoring: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], alias: str
+) -> None:
+    # Rows 7 and 13 (in two chunks of 5): the first is named, both are counted.
+    lines = [ROW] * 15
+    lines[6] = lines[12] = OVERFLOW_ROW
+    source = write(tmp_path / "batch.csv", HEADER + "\n" + "\n".join(lines) + "\n")
+    output = tmp_path / "out.csv"
+    runs_before = len(predict_runs())
+
+    uri = f"models:/{MODEL_NAME}@{alias}"
+    code = main(["--model-uri", uri, "--input", str(source), "--output", str(output), "--chunksize", "5"])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert re.fullmatch(
+        rf"error: {re.escape(str(source))}: row 7: the model's prediction is (-?inf|nan) \(2 such row\(s\)\); "
+        "features this extreme overflow the model",
+        err[0],
+    ), err[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["batch.csv"]
+    assert len(predict_runs()) == runs_before
+
+
+def test_monitor_refuses_overflowing_predictions(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
+    from pipeline.monitor import monitor
+
+    batch = held_out[list(FEATURES)].reset_index(drop=True)
+    batch.loc[40, ["MedInc", "AveBedrms"]] = 1.7e308
+    source = tmp_path / "batch.csv"
+    batch.to_csv(source, index=False)
+    runs_before = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(source))}: row 41: the model's prediction is .* \(1 such row"
+    ):
+        monitor(str(source), min_batch=10)
+    assert (
+        len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])) == runs_before
+    )
 
 
 def closed_port() -> int:
