@@ -50,6 +50,13 @@ def activate(store: Store) -> None:
     mlflow.set_tracking_uri(store.uri)
 
 
+@pytest.fixture(autouse=True)
+def _no_experiment_id_from_earlier_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; a test that ran steps in process without
+    a store fixture would leave it set, and `mlflow run` refuses it next to --experiment-name."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
 @pytest.fixture(scope="session")
 def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, migrated MLflow database, made once (creating one costs about 2 s)."""
