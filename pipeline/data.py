@@ -316,9 +316,9 @@ def check_columns(columns: list[str], origin: str, target: str = TARGET_REQUIRED
                 )
     unnamed = [position for position, name in enumerate(columns, start=1) if not name.strip()]
     if unnamed:
+        hint = " (a trailing comma?)" if unnamed[0] == len(columns) else ""
         raise DataError(
-            f"{origin}: an empty column name at position {unnamed[0]} of the header's {len(columns)} "
-            f"(counting from 1){' (a trailing comma?)' if unnamed[0] == len(columns) else ''}"
+            f"{origin}: an empty column name at position {unnamed[0]} of {len(columns)} in the header{hint}"
         )
     repeated = [name for name, count in Counter(columns).items() if count > 1]
     if repeated:
