@@ -6,7 +6,6 @@ the file is one more, for the header). Nothing is dropped, clipped or coerced si
 
 from __future__ import annotations
 
-import codecs
 import csv
 import errno
 import hashlib
@@ -144,28 +143,29 @@ def read_csv_chunks(
     if chunksize is not None and chunksize < 1:
         raise ValueError(f"chunksize must be a positive number of rows, got {chunksize}")
     path = Path(path)
+    rows = 0
     with _open_regular_file(path) as handle:
-        columns = _read_header(handle, str(path), target)
-        rows = 0
         try:
             reader = pa_csv.open_csv(
                 handle,
-                read_options=pa_csv.ReadOptions(column_names=columns, block_size=_BLOCK_BYTES, use_threads=False),
+                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES, use_threads=False),
                 parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(columns, pa.float64())),
+                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys((*FEATURES, TARGET), pa.float64())),
             )
+            check_columns(reader.schema.names, str(path), target)
             for table in _tables(reader, chunksize):
-                chunk = table.select(_expected_columns(columns)).to_pandas()
+                chunk = table.select(_expected_columns(reader.schema.names)).to_pandas()
                 chunk.index = pd.RangeIndex(rows, rows + len(chunk))
                 validate_frame(chunk, str(path))
                 yield chunk
                 rows += len(chunk)
-        except pa.ArrowInvalid as err:
+        except (pa.ArrowInvalid, UnicodeDecodeError) as err:
             if "straddl" in str(err):  # a row longer than a block
                 raise DataError(f"{path}: {_describe_long_row(path)}") from None
             # pyarrow names neither the row nor the line of a problem, and refuses what pandas
-            # reads (a number quoted over two lines, True/False cells). pandas reads the file
-            # again in order: it names the row or line at fault, or reads on from `rows`.
+            # reads (blank lines of spaces, a number quoted over two lines, True/False cells).
+            # pandas reads the file again in order: it names the row or line at fault, or reads
+            # on from `rows`.
             yield from _read_with_pandas(path, target, chunksize, skip=rows)
             return
     if rows == 0:
@@ -184,7 +184,7 @@ def _open_regular_file(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise DataError(f"{path}: {_FILE_TYPES.get(stat.S_IFMT(mode), 'is not a regular file')}")
+        raise DataError(f"{path}: {_FILE_TYPES.get(stat.S_IFMT(mode), 'is a socket or a device, not a regular file')}")
     handle = os.fdopen(fd, "rb")
     if os.fstat(fd).st_size == 0:
         handle.close()
@@ -192,13 +192,7 @@ def _open_regular_file(path: Path) -> BinaryIO:
     return handle
 
 
-_FILE_TYPES = {
-    stat.S_IFDIR: "is a folder, not a file",
-    stat.S_IFIFO: "is a FIFO, not a regular file",
-    stat.S_IFSOCK: "is a socket, not a regular file",
-    stat.S_IFCHR: "is a device, not a regular file",
-    stat.S_IFBLK: "is a device, not a regular file",
-}
+_FILE_TYPES = {stat.S_IFDIR: "is a folder, not a file", stat.S_IFIFO: "is a FIFO, not a regular file"}
 
 
 def _describe_open_error(path: Path, err: OSError) -> str:
@@ -211,35 +205,6 @@ def _describe_open_error(path: Path, err: OSError) -> str:
     if err.errno in (errno.ENOENT, errno.ENOTDIR):
         return "no such file"
     return f"cannot be opened: {err.strerror}"
-
-
-def _read_header(handle: BinaryIO, origin: str, target: str) -> list[str]:
-    """The column names of the first non-blank line, checked; leaves `handle` at the next line.
-
-    Raises:
-        DataError: No header, a header over 1 MiB or not UTF-8, or columns `check_columns` refuses.
-    """
-    sample = handle.read(_BLOCK_BYTES)
-    start = len(codecs.BOM_UTF8) if sample.startswith(codecs.BOM_UTF8) else 0
-    for end in _LINE_END.finditer(sample, start):
-        if sample[start : end.start()].strip(b" \t"):
-            break
-        start = end.end()  # pandas skips blank lines before the header too
-    else:
-        if not sample[start:].strip(b" \t\r\n"):
-            raise DataError(f"{origin}: the file is empty (expected a header and data rows)")
-        if len(sample) == _BLOCK_BYTES:
-            raise DataError(f"{origin}: the header is longer than {_BLOCK_BYTES >> 20} MiB, not one of this data")
-        end = None
-    line = sample[start : end.start() if end else len(sample)]
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{origin}: the header, byte {start + err.start + 1}: not valid UTF-8 text") from None
-    columns = next(csv.reader([text]))
-    check_columns(columns, origin, target)
-    handle.seek(end.end() if end else len(sample))
-    return columns
 
 
 def _tables(reader: pa_csv.CSVStreamingReader, chunksize: int | None) -> Iterator[pa.Table]:
@@ -261,6 +226,7 @@ def _tables(reader: pa_csv.CSVStreamingReader, chunksize: int | None) -> Iterato
 def _read_with_pandas(path: Path, target: str, chunksize: int | None, skip: int) -> Iterator[pd.DataFrame]:
     """`read_csv_chunks` by `pandas.read_csv`, in order, from the data row after `skip` on."""
     try:
+        check_columns(_header(path), str(path), target)
         # pandas takes the first field of every row as a row label when the first data row has
         # one field more than the header. Without a header, that row is a parser error.
         pd.read_csv(path, header=None, nrows=2, dtype=str, encoding="utf-8")
@@ -279,10 +245,28 @@ def _read_with_pandas(path: Path, target: str, chunksize: int | None, skip: int)
                     )
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
-    except pd.errors.ParserError as err:
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (expected a header and data rows)") from None
+    except (pd.errors.ParserError, csv.Error) as err:
         raise DataError(f"{path}: not a well-formed CSV file: {err}") from None
     if rows == 0:
         raise DataError(f"{path}: the file has a header but no data rows")
+
+
+def _header(path: Path) -> list[str]:
+    """The first line that is not blank, as CSV fields: the names pandas would rename (MedInc.1, Unnamed: 9).
+
+    Raises:
+        DataError: The line is longer than a block.
+        pandas.errors.EmptyDataError: The file holds only blank lines.
+    """
+    with path.open(encoding="utf-8-sig", newline="") as text:
+        while line := text.readline(_BLOCK_BYTES):
+            if len(line) == _BLOCK_BYTES:
+                raise DataError(f"{path}: {_describe_long_row(path)}")
+            if line.strip():
+                return next(csv.reader([line]))
+    raise pd.errors.EmptyDataError
 
 
 def _describe_long_row(path: Path) -> str:
@@ -320,26 +304,24 @@ def check_columns(columns: list[str], origin: str, target: str = TARGET_REQUIRED
         raise DataError(
             f"{origin}: an empty column name at position {unnamed[0]} of {len(columns)} in the header{hint}"
         )
-    repeated = [name for name, count in Counter(columns).items() if count > 1]
+    repeated = [
+        f"column {_shown(name)} appears {'twice' if count == 2 else f'{count:,} times'}"
+        for name, count in Counter(columns).items()
+        if count > 1
+    ]
     if repeated:
-        counts = Counter(columns)
-        raise DataError(
-            f"{origin}: "
-            + "; ".join(f"column {_shown(name)} appears {_times(counts[name])}" for name in repeated[:_LISTED])
-            + _more(len(repeated))
-        )
+        raise DataError(f"{origin}: {_listed(repeated, '; ')}")
     missing = [c for c in FEATURES if c not in columns]
     if target == TARGET_REQUIRED and TARGET not in columns:
         missing.append(TARGET)
     allowed = set(FEATURES) | {TARGET}
-    extra = [c for c in columns if c not in allowed]
+    extra = [_shown(c, quote=False) for c in columns if c not in allowed]
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing column(s) {', '.join(missing)}")
         if extra:
-            parts.append(f"unexpected column(s) {', '.join(_shown(c, quote=False) for c in extra[:_LISTED])}")
-            parts[-1] += _more(len(extra))
+            parts.append(f"unexpected column(s) {_listed(extra, ', ')}")
         raise DataError(f"{origin}: {'; '.join(parts)} (expected {', '.join((*FEATURES, TARGET))})")
 
 
@@ -349,12 +331,10 @@ def _shown(name: str, quote: bool = True) -> str:
     return repr(cut) if quote else cut
 
 
-def _times(count: int) -> str:
-    return "twice" if count == 2 else f"{count:,} times"
-
-
-def _more(count: int) -> str:
-    return f" and {count - _LISTED:,} more" if count > _LISTED else ""
+def _listed(items: list[str], separator: str) -> str:
+    """The first few items joined, and how many more there are: a message stays one readable line."""
+    more = f" and {len(items) - _LISTED:,} more" if len(items) > _LISTED else ""
+    return separator.join(items[:_LISTED]) + more
 
 
 def validate_frame(frame: pd.DataFrame, origin: str) -> None:

@@ -216,8 +216,8 @@ MIB = 1 << 20
         (HEADER + "\n" + ROW + "\n" + "1," * (2 * MIB) + "\n" + ROW + "\n", "line 3 is longer than 1 MiB"),
         (HEADER + "\n" + ROW + "\n" + "1" * (3 * MIB) + "," + ROW[4:] + "\n", "line 3 is longer than 1 MiB"),
         (HEADER + "\r" + ROW + "\r" + ROW + "\r" + "1," * (2 * MIB), "line 4 is longer than 1 MiB"),
-        ("MedInc," * (MIB // 4) + "\n" + ROW + "\n", "the header is longer than 1 MiB"),
-        ("1" * (3 * MIB), "the header is longer than 1 MiB"),
+        ("MedInc," * (MIB // 2) + "\n" + ROW + "\n", "line 1 is longer than 1 MiB"),
+        ("1" * (3 * MIB), "line 1 is longer than 1 MiB"),
         (
             HEADER + "\n" + ROW + "\n" + '"1\n' + (ROW + "\n") * (MIB // 10),
             "a quoted value runs over more than 1 MiB of lines (a quote that is not closed?)",
