@@ -58,13 +58,15 @@ def ensure_models() -> None:
 
 
 def ensure_csv(rows: int) -> Path:
-    """The real feature rows repeated to `rows` rows, written in blocks (bounded memory)."""
+    """The real feature rows repeated to `rows` rows, written in blocks (bounded memory).
+
+    pandas writes whole numbers as 41.0: MLflow's scorer reads the file with pandas and refuses
+    a column that reads as int64 (the models' signatures take doubles).
+    """
     path = OUT / f"houses_{rows}.csv"
     if path.exists():
         return path
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
 
     os.environ.update({k: v for k, v in tracking_env().items() if k == "SCIKIT_LEARN_DATA"})
     from pipeline import data
@@ -72,10 +74,10 @@ def ensure_csv(rows: int) -> Path:
     features = data.load_california().X
     partial = path.with_suffix(".partial")
     block = 1_000_000
-    with pa_csv.CSVWriter(str(partial), pa.schema([(c, pa.float64()) for c in features.columns])) as writer:
+    with partial.open("w") as handle:
         for start in range(0, rows, block):
             index = np.arange(start, min(start + block, rows)) % len(features)
-            writer.write_table(pa.Table.from_pandas(features.iloc[index], preserve_index=False))
+            features.iloc[index].to_csv(handle, header=start == 0, index=False)
     partial.rename(path)
     return path
 
