@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,7 +228,7 @@ def open_csv(input_path: str, chunksize: int) -> Batch:
         DataError: The file, its header or its first chunk cannot be used.
     """
     path = Path(input_path)
-    chunks = data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
+    chunks = _read_ahead(data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize))
     started = time.perf_counter()
     first = next(chunks)
     return Batch(_prepend(first, chunks), str(path.resolve()), estimate_rows(path), time.perf_counter() - started)
@@ -288,7 +289,7 @@ def score(
         raise PipelineError(f"cannot write predictions to {path}: {err}") from err
     finally:
         if isinstance(chunks, Generator):
-            chunks.close()  # a failure stops the reader's threads now, not when it is collected
+            chunks.close()  # a failure closes the input file now, not when the reader is collected
     if progress is not None:
         progress.total = n_rows  # the count, no longer an estimate
     return n_rows, errors, pd.concat(samples, ignore_index=True)
@@ -314,6 +315,23 @@ def _publish(temporary: str, output: Path) -> None:
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, output)
+
+
+def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """`chunks`, each next one read on a thread while the caller scores the last.
+
+    pyarrow parses without holding the GIL, so reading overlaps scoring and writing.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="read-csv") as pool:
+        ahead = pool.submit(next, chunks, None)
+        try:
+            while (chunk := ahead.result()) is not None:
+                ahead = pool.submit(next, chunks, None)
+                yield chunk
+        finally:
+            if not ahead.cancel():
+                ahead.exception()  # waits: a generator running on the thread cannot be closed
+            chunks.close()
 
 
 def _prepend(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
