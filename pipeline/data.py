@@ -185,11 +185,7 @@ def _open_regular_file(path: Path) -> BinaryIO:
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise DataError(f"{path}: {_FILE_TYPES.get(stat.S_IFMT(mode), 'is a socket or a device, not a regular file')}")
-    handle = os.fdopen(fd, "rb")
-    if os.fstat(fd).st_size == 0:
-        handle.close()
-        raise DataError(f"{path}: the file is empty (expected a header and data rows)")
-    return handle
+    return os.fdopen(fd, "rb")
 
 
 _FILE_TYPES = {stat.S_IFDIR: "is a folder, not a file", stat.S_IFIFO: "is a FIFO, not a regular file"}
