@@ -8,7 +8,7 @@ Uses the CSV and the store `bench_predict.py` fills in benchmarks/out/. Each par
 CPU seconds (all threads) of the best run:
 - floor: `pandas.read_csv` of the whole file (pandas 3 parses it on one thread per CPU);
 - the same on one thread (`mode.max_threads=1`), as pandas 2 read it;
-- reading the file in `predict`'s chunks, parsed on parallel threads and validated;
+- reading the file in `predict`'s chunks (pyarrow's streaming CSV reader) and validating them;
 - scoring the validated chunks with the pyfunc model (MLflow's schema enforcement included);
 - scoring them and writing the predictions as `predict` does (shortest decimals that read back
   exactly): the difference from the line before is the writing;
@@ -74,7 +74,7 @@ def main() -> None:
         timed("floor: pandas.read_csv(file)", lambda: pd.read_csv(path), args.repeat)
         with pd.option_context("mode.max_threads", 1):
             timed("pandas.read_csv(file) on one thread", lambda: pd.read_csv(path), args.repeat)
-        timed("read in chunks, in parallel, and validate", lambda: list(chunks()), args.repeat)
+        timed("read in chunks (pyarrow) and validate", lambda: list(chunks()), args.repeat)
         timed(
             "score validated chunks",
             lambda: [model_predictions(model, chunk[features]) for chunk in validated],

@@ -6,20 +6,23 @@ the file is one more, for the header). Nothing is dropped, clipped or coerced si
 
 from __future__ import annotations
 
-import codecs
+import csv
+import errno
 import hashlib
-import io
 import os
+import re
+import stat
 import warnings
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from sklearn.datasets import fetch_california_housing, get_data_home
 from sklearn.model_selection import train_test_split
 
@@ -31,11 +34,12 @@ from pipeline.params import RANDOM_STATE, TEST_SIZE
 # score, and never anything else.
 TARGET_REQUIRED = "required"
 TARGET_OPTIONAL = "optional"
-_MAX_READ_THREADS = 4
-# Blocks are sized from the first lines' length; this keeps one long first line from making
-# every block huge.
-_MAX_BLOCK_BYTES = 64 << 20
-_LINE_SAMPLE_BYTES = 1 << 16
+# pyarrow parses blocks of this size; no row of this data comes near it, so a longer line is
+# refused instead of read (it would take time and memory out of proportion).
+_BLOCK_BYTES = 1 << 20
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# Column names a message lists at most.
+_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -124,189 +128,166 @@ def to_dataset(frame: pd.DataFrame, source: str) -> Dataset:
 def read_csv_chunks(
     path: str | Path, target: str = TARGET_REQUIRED, chunksize: int | None = None
 ) -> Iterator[pd.DataFrame]:
-    """Reads and validates a CSV file: whole, or in chunks of about `chunksize` rows.
+    """Reads and validates a CSV file: whole, or in chunks of `chunksize` rows.
 
-    A whole file is read by one `pandas.read_csv`. Chunks are parsed on a few threads, a few
-    blocks ahead of the caller, and come out in the file's order with a running row index.
-    Either way the columns are float64, in `config.FEATURES` order (then MedHouseVal), and a
-    chunked read holds only a few chunks in memory whatever the file's size.
+    pyarrow's streaming CSV reader parses the file in blocks of 1 MiB, so a chunked read holds
+    a few blocks whatever the file's size, and a row longer than a block is refused rather
+    than read. The columns come out float64, in `config.FEATURES` order (then MedHouseVal),
+    with a running row index.
 
     Raises:
-        DataError: On the first problem in the file: missing or empty file, no data rows, wrong
-            delimiter, bad encoding, missing/extra columns, a row with more fields than the
-            header, non-numeric, NaN or infinite cells. The message names the file's row.
+        DataError: On the first problem in the file: missing, unreadable or not a regular file,
+            empty, no data rows, wrong delimiter, bad encoding, missing/extra/duplicated/unnamed
+            columns, a row with another number of fields than the header, a line over 1 MiB,
+            non-numeric, NaN or infinite cells. The message names the file's row or line.
     """
     if chunksize is not None and chunksize < 1:
         raise ValueError(f"chunksize must be a positive number of rows, got {chunksize}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty (expected a header and data rows)")
-    if chunksize is None:
-        yield from _read_in_order(path, target)
-        return
     rows = 0
+    with _open_regular_file(path) as handle:
+        try:
+            reader = pa_csv.open_csv(
+                handle,
+                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES, use_threads=False),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys((*FEATURES, TARGET), pa.float64())),
+            )
+            check_columns(reader.schema.names, str(path), target)
+            for table in _tables(reader, chunksize):
+                chunk = table.select(_expected_columns(reader.schema.names)).to_pandas()
+                chunk.index = pd.RangeIndex(rows, rows + len(chunk))
+                validate_frame(chunk, str(path))
+                yield chunk
+                rows += len(chunk)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+            if "straddl" in str(err):  # a row longer than a block
+                raise DataError(f"{path}: {_describe_long_row(path)}") from None
+            # pyarrow names neither the row nor the line of a problem, and refuses what pandas
+            # reads (blank lines of spaces, a number quoted over two lines, True/False cells).
+            # pandas reads the file again in order: it names the row or line at fault, or reads
+            # on from `rows`.
+            yield from _read_with_pandas(path, target, chunksize, skip=rows)
+            return
+    if rows == 0:
+        raise DataError(f"{path}: the file has a header but no data rows")
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """The file opened for reading, or a DataError that says what the path is instead.
+
+    Opened without blocking (a FIFO would wait for a writer), then checked by its own type.
+    """
     try:
-        for chunk in _read_blocks(path, target, chunksize):
-            yield chunk
-            rows += len(chunk)
-    except (_UnsplittableError, ValueError, DataError):  # pandas' parser and encoding errors are ValueErrors
-        # A block is parsed apart from the rows before it, so it cannot tell which row of the file
-        # is at fault. Reading the file again in order raises the error that names it, or reads
-        # on from where the blocks stopped, in a file they cannot split.
-        for chunk in _read_in_order(path, target, chunksize):
-            if chunk.index[-1] >= rows:
-                yield chunk.iloc[max(rows - chunk.index[0], 0) :]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise DataError(f"{path}: {_describe_open_error(path, err)}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"{path}: {_FILE_TYPES.get(stat.S_IFMT(mode), 'is a socket or a device, not a regular file')}")
+    return os.fdopen(fd, "rb")
 
 
-class _UnsplittableError(Exception):
-    """`_read_blocks` cannot split this file into blocks of lines; `_read_in_order` reads it."""
+_FILE_TYPES = {stat.S_IFDIR: "is a folder, not a file", stat.S_IFIFO: "is a FIFO, not a regular file"}
 
 
-def _read_in_order(path: Path, target: str, chunksize: int | None = None) -> Iterator[pd.DataFrame]:
-    """`read_csv_chunks`, one chunk after the other on the calling thread."""
+def _describe_open_error(path: Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "is a symlink loop"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.ENOENT and path.is_symlink():
+        return f"is a symlink to {os.readlink(path)}, which does not exist"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file"
+    return f"cannot be opened: {err.strerror}"
+
+
+def _tables(reader: pa_csv.CSVStreamingReader, chunksize: int | None) -> Iterator[pa.Table]:
+    """The reader's record batches regrouped into tables of `chunksize` rows (the last fewer), or one table."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in reader:
+        pending.append(batch)
+        held += batch.num_rows
+        while chunksize and held >= chunksize:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunksize)
+            rest = table.slice(chunksize)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
+def _read_with_pandas(path: Path, target: str, chunksize: int | None, skip: int) -> Iterator[pd.DataFrame]:
+    """`read_csv_chunks` by `pandas.read_csv`, in order, from the data row after `skip` on."""
     try:
-        _read_header(path, str(path), target)
+        check_columns(_header(path), str(path), target)
         # pandas takes the first field of every row as a row label when the first data row has
         # one field more than the header. Without a header, that row is a parser error.
         pd.read_csv(path, header=None, nrows=2, dtype=str, encoding="utf-8")
-        if chunksize:
-            chunks = pd.read_csv(path, chunksize=chunksize, encoding="utf-8")
-        else:
-            with warnings.catch_warnings():
-                # Columns of mixed types are named, with their row, by validate_frame.
-                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
-                chunks = [pd.read_csv(path, encoding="utf-8")]
-        seen_rows = False
-        for chunk in chunks:
-            if len(chunk) == 0:
-                continue
-            seen_rows = True
-            yield _checked(chunk, str(path), target)
+        with warnings.catch_warnings():
+            # Columns of mixed types are named, with their row, by validate_frame.
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            reader = pd.read_csv(path, chunksize=chunksize, encoding="utf-8") if chunksize else None
+            chunks = reader or [pd.read_csv(path, encoding="utf-8")]
+            rows = 0
+            for chunk in chunks:
+                rows += len(chunk)
+                if rows > skip:
+                    validate_frame(chunk, str(path))
+                    yield (
+                        chunk[_expected_columns(chunk.columns)].astype("float64").iloc[max(skip - chunk.index[0], 0) :]
+                    )
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (expected a header and data rows)") from None
-    except pd.errors.ParserError as err:
+    except (pd.errors.ParserError, csv.Error) as err:
         raise DataError(f"{path}: not a well-formed CSV file: {err}") from None
-    if not seen_rows:
+    if rows == 0:
         raise DataError(f"{path}: the file has a header but no data rows")
 
 
-def _read_header(source: Path | io.BytesIO, origin: str, target: str) -> pd.Index:
-    """The columns a CSV's header names, checked by `validate_frame`."""
-    columns = pd.read_csv(source, nrows=0, encoding="utf-8").columns
-    validate_frame(pd.DataFrame(columns=columns, dtype="float64"), origin, target)
-    return columns
-
-
-def _checked(chunk: pd.DataFrame, origin: str, target: str) -> pd.DataFrame:
-    """A validated chunk, its columns in `_expected_columns` order and float64.
+def _header(path: Path) -> list[str]:
+    """The first line that is not blank, as CSV fields: the names pandas would rename (MedInc.1, Unnamed: 9).
 
     Raises:
-        DataError: As `validate_frame`.
+        DataError: The line is longer than a block.
+        pandas.errors.EmptyDataError: The file holds only blank lines.
     """
-    validate_frame(chunk, origin, target)
-    # Whole-number columns read as int64; every step and model signature takes float64.
-    return chunk[_expected_columns(chunk)].astype("float64")
+    with path.open(encoding="utf-8-sig", newline="") as text:
+        while line := text.readline(_BLOCK_BYTES):
+            if len(line) == _BLOCK_BYTES:
+                raise DataError(f"{path}: {_describe_long_row(path)}")
+            if line.strip():
+                return next(csv.reader([line]))
+    raise pd.errors.EmptyDataError
 
 
-def _read_blocks(path: Path, target: str, chunksize: int) -> Iterator[pd.DataFrame]:
-    """`read_csv_chunks` in blocks of whole lines, parsed on a pool of threads.
-
-    pandas' C parser releases the GIL, so blocks parse in parallel, as in pandas' own
-    `read_csv` of a whole file. Each block is parsed with the header line in front of it and
-    checked like a chunk of `_read_in_order`, so its rows read as they do there.
-
-    Raises:
-        _UnsplittableError: The header is not one line ending in LF, or no block held a row.
-        ValueError: pandas' parser or encoding errors.
-        DataError: As `validate_frame`, with row numbers counted from the block's start.
-    """
-    origin = str(path)
+def _describe_long_row(path: Path) -> str:
+    """Which line is longer than a block, found in bounded memory; else the quote that runs on."""
+    line, length = 1, 0
     with path.open("rb") as handle:
-        header = handle.readline(_MAX_BLOCK_BYTES).removeprefix(codecs.BOM_UTF8)
-        while header and not header.strip(b" \t\r\n"):  # pandas skips blank lines before the header
-            header = handle.readline(_MAX_BLOCK_BYTES)
-        # The header goes in front of every block, so it must be one line: pandas also ends a
-        # line at a bare CR, where readline does not.
-        if not header.endswith(b"\n") or b"\r" in header.rstrip(b"\r\n"):
-            raise _UnsplittableError
-        columns = _read_header(io.BytesIO(header), origin, target)
-        # Then a row of zeros, one per header field, dropped after parsing: pandas takes the
-        # first field of every row as a row label when the first row has one field more than
-        # the header. After a row that fits, a longer row is a parser error in any block.
-        ahead = header + b",".join([b"0"] * len(columns)) + b"\n"
-        block_bytes = min(int(chunksize * (mean_line_bytes(handle) or _LINE_SAMPLE_BYTES)), _MAX_BLOCK_BYTES)
-        workers = _read_threads()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="read-csv")
-        pending: deque[Future[pd.DataFrame]] = deque()
-        rows = 0
-        try:
-            while True:
-                block = handle.read(block_bytes)
-                if block:
-                    lines = b"".join((ahead, block, handle.readline()))
-                    pending.append(pool.submit(_read_block, lines, origin, target))
-                if not pending:
+        while block := handle.read(_BLOCK_BYTES):
+            start = 0
+            for end in _LINE_END.finditer(block):
+                if length + end.start() - start > _BLOCK_BYTES:
                     break
-                # A few blocks parse ahead of the caller, enough to keep every thread busy, but
-                # only from the second chunk on: the first is read alone, so a caller that stops
-                # after it (or loads a model before going on) has not paid for more.
-                if len(pending) > 2 * workers or not block or rows == 0:
-                    chunk = pending.popleft().result()
-                    if len(chunk):
-                        chunk.index = pd.RangeIndex(rows, rows + len(chunk))
-                        rows += len(chunk)
-                        yield chunk
-        finally:
-            pool.shutdown(cancel_futures=True)
-    if rows == 0:
-        raise _UnsplittableError
+                line, length, start = line + 1, 0, end.end()
+            length += len(block) - start
+            if length > _BLOCK_BYTES:
+                return f"line {line} is longer than {_BLOCK_BYTES >> 20} MiB, too long for a row of this data"
+    return f"a quoted value runs over more than {_BLOCK_BYTES >> 20} MiB of lines (a quote that is not closed?)"
 
 
-def _read_threads() -> int:
-    """Threads to parse blocks on: pandas' `mode.max_threads` when set, else one per usable CPU, at most 4.
-
-    Beyond about 3 threads the caller's scoring and writing is the slower side, and each
-    thread adds two blocks to the memory held.
-    """
-    chosen = pd.get_option("mode.max_threads")
-    if chosen is not None:
-        return max(int(chosen), 1)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(usable, _MAX_READ_THREADS)
-
-
-def _read_block(lines: bytes, origin: str, target: str) -> pd.DataFrame:
-    """One block (the header line, the row of zeros, whole rows) as `_read_in_order` reads a chunk."""
-    chunk = pd.read_csv(io.BytesIO(lines), encoding="utf-8", low_memory=False).iloc[1:]
-    return _checked(chunk, origin, target) if len(chunk) else chunk
-
-
-def mean_line_bytes(handle: BinaryIO) -> float | None:
-    """The mean length of the lines in the next 64 KiB, leaving the position unchanged.
-
-    Returns:
-        Bytes per line, or None when the sample holds fewer than 2 line ends (too few to tell).
-    """
-    start = handle.tell()
-    sample = handle.read(_LINE_SAMPLE_BYTES)
-    handle.seek(start)
-    lines = sample.count(b"\n")
-    return len(sample) / lines if lines >= 2 else None
-
-
-def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIRED) -> None:
-    """Checks columns and cell values of a frame read from `origin`.
-
-    Row numbers in messages are the frame's index + 1 (the data row in the file).
+def check_columns(columns: list[str], origin: str, target: str = TARGET_REQUIRED) -> None:
+    """Checks a header's column names: each named, once, the features, and the target when required.
 
     Raises:
-        DataError: Naming the origin, column and row of the first problem.
+        DataError: Naming the origin and the columns at fault.
     """
-    columns = [str(c) for c in frame.columns]
     if len(columns) == 1:
         for sep in (";", "\t", "|"):
             if sep in columns[0]:
@@ -314,22 +295,54 @@ def validate_frame(frame: pd.DataFrame, origin: str, target: str = TARGET_REQUIR
                     f"{origin}: the header is one column {columns[0][:60]!r}: the file looks "
                     f"delimited by {sep!r}, expected ','"
                 )
+    unnamed = [position for position, name in enumerate(columns, start=1) if not name.strip()]
+    if unnamed:
+        hint = " (a trailing comma?)" if unnamed[0] == len(columns) else ""
+        raise DataError(
+            f"{origin}: an empty column name at position {unnamed[0]} of {len(columns)} in the header{hint}"
+        )
+    repeated = [
+        f"column {_shown(name)} appears {'twice' if count == 2 else f'{count:,} times'}"
+        for name, count in Counter(columns).items()
+        if count > 1
+    ]
+    if repeated:
+        raise DataError(f"{origin}: {_listed(repeated, '; ')}")
     missing = [c for c in FEATURES if c not in columns]
     if target == TARGET_REQUIRED and TARGET not in columns:
         missing.append(TARGET)
     allowed = set(FEATURES) | {TARGET}
-    extra = [c for c in columns if c not in allowed]
+    extra = [_shown(c, quote=False) for c in columns if c not in allowed]
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing column(s) {', '.join(missing)}")
         if extra:
-            parts.append(f"unexpected column(s) {', '.join(extra)}")
+            parts.append(f"unexpected column(s) {_listed(extra, ', ')}")
         raise DataError(f"{origin}: {'; '.join(parts)} (expected {', '.join((*FEATURES, TARGET))})")
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated:
-        raise DataError(f"{origin}: column(s) {', '.join(duplicated)} appear more than once")
-    for column in _expected_columns(frame):
+
+
+def _shown(name: str, quote: bool = True) -> str:
+    """A column name as messages show it: quoted or not, and cut at 60 characters."""
+    cut = name if len(name) <= 60 else name[:57] + "..."
+    return repr(cut) if quote else cut
+
+
+def _listed(items: list[str], separator: str) -> str:
+    """The first few items joined, and how many more there are: a message stays one readable line."""
+    more = f" and {len(items) - _LISTED:,} more" if len(items) > _LISTED else ""
+    return separator.join(items[:_LISTED]) + more
+
+
+def validate_frame(frame: pd.DataFrame, origin: str) -> None:
+    """Checks the cell values of a frame read from `origin`, whose columns `check_columns` accepted.
+
+    Row numbers in messages are the frame's index + 1 (the data row in the file).
+
+    Raises:
+        DataError: Naming the origin, column and row of the first problem.
+    """
+    for column in _expected_columns(frame.columns):
         values = frame[column]
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
@@ -393,8 +406,8 @@ def split_by_index(dataset: Dataset, train_index: list[int], test_index: list[in
     )
 
 
-def _expected_columns(frame: pd.DataFrame) -> list[str]:
-    return [*FEATURES, TARGET] if TARGET in frame.columns else list(FEATURES)
+def _expected_columns(columns: Iterable[str]) -> list[str]:
+    return [*FEATURES, TARGET] if TARGET in columns else list(FEATURES)
 
 
 def _describe_encoding_error(path: Path) -> str:

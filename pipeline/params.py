@@ -179,10 +179,9 @@ INPUT = Param(
     dest="input_path",
 )
 OUTPUT = Param("output", str, "predictions.csv", "predictions CSV to write", dest="output_path")
-# About 4 MiB of this data's CSV, the block size pandas' own parallel read uses; smaller chunks
-# pay more per-call costs, larger ones let numpy start BLAS threads that compete with the
-# parsing threads (benchmarks/bench_predict_parts.py --chunksize N compares them).
-CHUNKSIZE = Param("chunksize", int, 50_000, "about how many rows are read and scored at a time", low=1)
+# Smaller chunks pay more per-call costs; larger ones hold more rows in memory for no gain
+# (benchmarks/bench_predict_parts.py --chunksize N compares them).
+CHUNKSIZE = Param("chunksize", int, 50_000, "how many rows are read and scored at a time", low=1)
 BATCH = Param(
     "batch", str, None, "CSV of new rows: the 8 features, MedHouseVal optional", dest="batch_path", required=True
 )

@@ -16,9 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import mlflow
 import numpy as np
@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
+from tqdm import tqdm
 
 from pipeline import cli, data, paths, registry, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
@@ -43,7 +44,7 @@ ERROR = "error"
 # Seconds to wait for a tracking server before saying it is unreachable (MLflow's own client
 # retries with backoff for minutes).
 SERVER_TIMEOUT = 5.0
-_PROGRESS_INTERVAL = 0.5
+_LINE_SAMPLE_BYTES = 1 << 16
 # Plain numbers, no quotes; shortest text that reads back to the same float64.
 _CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=1 << 16)
 
@@ -76,37 +77,17 @@ class PredictResult:
     sample: pd.DataFrame = field(repr=False)
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most twice a second."""
-
-    def __init__(self, total_estimate: int | None, stream: TextIO | None = None) -> None:
-        self.total = total_estimate
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self._last = 0.0
-
-    def update(self, rows: int, final: bool = False) -> None:
-        """Redraws the line for `rows` rows done; `final` ends it with a newline."""
-        now = time.perf_counter()
-        if not final and now - self._last < _PROGRESS_INTERVAL:
-            return
-        self._last = now
-        rate = rows / max(now - self.start, 1e-9)
-        if self.total and not final:
-            share = min(rows / self.total, 0.99)
-            bar = "#" * int(share * 30)
-            line = f"[{bar:<30}] ~{share:4.0%} {rows:,} rows, {rate:,.0f} rows/s"
-        else:
-            line = f"[{'#' * 30}] {rows:,} rows, {rate:,.0f} rows/s"
-        self.stream.write(f"\rpredict {line}" + ("\n" if final else ""))
-        self.stream.flush()
+def progress_bar(total_estimate: int | None, show: bool) -> tqdm:
+    """A progress bar of rows on stderr (tqdm's), drawn only when `show`."""
+    return tqdm(total=total_estimate, desc="predict", unit=" rows", unit_scale=True, mininterval=0.5, disable=not show)
 
 
 def estimate_rows(path: Path) -> int | None:
-    """Rough row count of a CSV from its size and the length of its first lines."""
+    """Rough row count of a CSV from its size and the length of the lines in its first 64 KiB."""
     with path.open("rb") as handle:
-        line_bytes = data.mean_line_bytes(handle)
-    return max(int(path.stat().st_size / line_bytes) - 1, 1) if line_bytes else None
+        sample = handle.read(_LINE_SAMPLE_BYTES)
+    lines = sample.count(b"\n")
+    return max(int(path.stat().st_size * lines / len(sample)) - 1, 1) if lines >= 2 else None
 
 
 def check_tracking_server(timeout: float = SERVER_TIMEOUT) -> None:
@@ -189,9 +170,8 @@ def predict(
     os.close(handle)
     try:
         started = time.perf_counter()
-        n_rows, errors, sample = score(
-            model, batch.chunks, temporary, batch.source, Progress(batch.total_rows) if show else None
-        )
+        with progress_bar(batch.total_rows, show) as bar:
+            n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
         rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
         metrics = errors.metrics()
         resolved = f"version {version.version}" if version else "no registered version"
@@ -260,7 +240,7 @@ def open_csv(input_path: str, chunksize: int) -> Batch:
         DataError: The file, its header or its first chunk cannot be used.
     """
     path = Path(input_path)
-    chunks = data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
+    chunks = _read_ahead(data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize))
     started = time.perf_counter()
     first = next(chunks)
     return Batch(_prepend(first, chunks), str(path.resolve()), estimate_rows(path), time.perf_counter() - started)
@@ -286,7 +266,7 @@ def score(
     chunks: Iterable[pd.DataFrame],
     path: str,
     origin: str,
-    progress: Progress | None = None,
+    progress: tqdm | None = None,
 ) -> tuple[int, RunningErrors, pd.DataFrame]:
     """Scores validated chunks and writes their predictions as CSV to the file at `path`.
 
@@ -323,8 +303,8 @@ def score(
             if n_rows < SAMPLE_ROWS:
                 samples.append(pd.DataFrame({name: values[: SAMPLE_ROWS - n_rows] for name, values in shown.items()}))
             n_rows += len(chunk)
-            if progress:
-                progress.update(n_rows)
+            if progress is not None:
+                progress.update(len(chunk))
         if writer is not None:
             writer.close()
         unusable.check(origin)
@@ -332,9 +312,9 @@ def score(
         raise PipelineError(f"cannot write predictions to {path}: {err}") from err
     finally:
         if isinstance(chunks, Generator):
-            chunks.close()  # a failure stops the reader's threads now, not when it is collected
-    if progress:
-        progress.update(n_rows, final=True)
+            chunks.close()  # a failure closes the input file now, not when the reader is collected
+    if progress is not None:
+        progress.total = n_rows  # the count, no longer an estimate
     return n_rows, errors, pd.concat(samples, ignore_index=True)
 
 
@@ -416,6 +396,23 @@ def _publish(temporary: str, output: Path) -> None:
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, output)
+
+
+def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """`chunks`, each next one read on a thread while the caller scores the last.
+
+    pyarrow parses without holding the GIL, so reading overlaps scoring and writing.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="read-csv") as pool:
+        ahead = pool.submit(next, chunks, None)
+        try:
+            while (chunk := ahead.result()) is not None:
+                ahead = pool.submit(next, chunks, None)
+                yield chunk
+        finally:
+            if not ahead.cancel():
+                ahead.exception()  # waits: a generator running on the thread cannot be closed
+            chunks.close()
 
 
 def _prepend(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

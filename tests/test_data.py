@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +205,133 @@ def test_whole_numbers_are_read_as_float64(tmp_path: Path) -> None:
     dataset = data.load(str(path))
     assert set(dataset.X.dtypes) == {np.dtype("float64")}
     assert dataset.y.dtype == np.dtype("float64")
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (HEADER + "\n" + ROW + "\n" + "1," * (2 * MIB) + "\n" + ROW + "\n", "line 3 is longer than 1 MiB"),
+        (HEADER + "\n" + ROW + "\n" + "1" * (3 * MIB) + "," + ROW[4:] + "\n", "line 3 is longer than 1 MiB"),
+        (HEADER + "\r" + ROW + "\r" + ROW + "\r" + "1," * (2 * MIB), "line 4 is longer than 1 MiB"),
+        ("MedInc," * (MIB // 2) + "\n" + ROW + "\n", "line 1 is longer than 1 MiB"),
+        ("1" * (3 * MIB), "line 1 is longer than 1 MiB"),
+        (
+            HEADER + "\n" + ROW + "\n" + '"1\n' + (ROW + "\n") * (MIB // 10),
+            "a quoted value runs over more than 1 MiB of lines (a quote that is not closed?)",
+        ),
+    ],
+    ids=["many-fields", "one-long-cell", "cr-line-ends", "long-header", "no-line-end", "unclosed-quote"],
+)
+def test_a_line_longer_than_a_block_is_refused_not_read(tmp_path: Path, content: str, expected: str) -> None:
+    # A 50 MB line made every step run for minutes at gigabytes: pyarrow reads 1 MiB blocks,
+    # and a row of this data is under 200 bytes, so a line that fills a block is refused.
+    path = _write(tmp_path, content)
+    for read in (lambda: data.load(str(path)), lambda: list(data.read_csv_chunks(path, chunksize=50_000))):
+        with pytest.raises(DataError) as err:
+            read()
+        assert str(err.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (HEADER + ",MedInc", "column 'MedInc' appears twice"),
+        (HEADER + ",MedInc,MedInc,Latitude", "column 'MedInc' appears 3 times; column 'Latitude' appears twice"),
+        (HEADER + ",", "an empty column name at position 10 of 10 in the header (a trailing comma?)"),
+        ("MedInc,,HouseAge", "an empty column name at position 2 of 3 in the header"),
+        # Many names: counted in one pass (the old check took minutes), and listed with a limit.
+        ("MedInc," * 100_000 + "HouseAge", "column 'MedInc' appears 100,000 times"),
+    ],
+    ids=["twice", "thrice", "trailing-comma", "empty-inside", "many-duplicates"],
+)
+def test_header_names_are_reported_as_written(tmp_path: Path, header: str, expected: str) -> None:
+    # pandas renamed them MedInc.1 and Unnamed: 9, names that are not in the file.
+    path = _write(tmp_path, header + "\n" + ",".join(["1"] * (header.count(",") + 1)) + "\n")
+    with pytest.raises(DataError) as err:
+        data.load(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: {expected}")
+    assert "Unnamed" not in message and ".1" not in message
+    assert len(message) < 1000
+
+
+def test_many_extra_columns_are_listed_with_a_count(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEADER + "," + ",".join(f"c{i}" for i in range(50_000)) + "\n")
+    with pytest.raises(DataError, match=r"unexpected column\(s\) c0, c1, .*, c9 and 49,990 more \(expected MedInc"):
+        data.load(str(path))
+
+
+def _unusable(tmp_path: Path, kind: str) -> Path:
+    """A path that is not a readable regular file, of the given kind."""
+    path = tmp_path / "input.csv"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "symlink loop":
+        path.symlink_to(path)
+    elif kind == "broken symlink":
+        path.symlink_to(tmp_path / "gone.csv")
+    elif kind == "permission denied":
+        path.write_text(HEADER + "\n" + ROW + "\n")
+        path.chmod(0)
+    return path
+
+
+UNUSABLE = {
+    "folder": "is a folder, not a file",
+    "FIFO": "is a FIFO, not a regular file",
+    "symlink loop": "is a symlink loop",
+    "broken symlink": "is a symlink to {tmp_path}/gone.csv, which does not exist",
+}
+
+
+@pytest.mark.parametrize("kind", UNUSABLE)
+def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path, kind: str) -> None:
+    # All four were "no such file"; a FIFO is checked without being read, so nothing waits for a writer.
+    path = _unusable(tmp_path, kind)
+    for read in (lambda: data.load(str(path)), lambda: list(data.read_csv_chunks(path, chunksize=10))):
+        with pytest.raises(DataError) as err:
+            read()
+        assert str(err.value) == f"{path}: {UNUSABLE[kind].format(tmp_path=tmp_path)}"
+
+
+# Root reads any file; without these two capabilities it is held to the file's mode like any user.
+AS_A_USER = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["permission denied", "FIFO"])
+@pytest.mark.parametrize(
+    "flags",
+    [["train", "--data"], ["predict", "--input"], ["monitor", "--batch"], ["monitor", "--batch", "", "--reference"]],
+    ids=["train-data", "predict-input", "monitor-batch", "monitor-reference"],
+)
+def test_every_step_names_an_unreadable_input_in_one_line(
+    scoring: str, tmp_path: Path, python: str, synthetic_frame: pd.DataFrame, kind: str, flags: list[str]
+) -> None:
+    # An unreadable file was a traceback and exit 1.
+    path = _unusable(tmp_path, kind)
+    batch = tmp_path / "batch.csv"
+    synthetic_frame.to_csv(batch, index=False)
+    args = [str(batch) if flag == "" else flag for flag in flags]
+    result = subprocess.run(
+        [*AS_A_USER, python, "-m", "pipeline", *args, str(path), "--output", str(tmp_path / "out.csv")][
+            : None if flags[0] == "predict" else -2
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    expected = "permission denied" if kind == "permission denied" else "is a FIFO, not a regular file"
+    assert result.stderr.strip().splitlines()[-1] == f"error: {path}: {expected}"
+    assert not (tmp_path / "out.csv").exists()
 
 
 @pytest.mark.parametrize("random_state", [-1, 2**32])

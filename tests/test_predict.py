@@ -275,8 +275,9 @@ def test_progress_bar_when_asked(
     predict(input_path=str(source), output_path=tmp_path / "out.csv", chunksize=20, progress=True)
     lines = capsys.readouterr().err.split("\r")
     assert lines[0] == ""
-    assert re.fullmatch(r"predict \[#* *\] ~ *\d+% 20 rows, [\d,]+ rows/s", lines[1])
-    assert re.fullmatch(r"predict \[#{30}\] 57 rows, [\d,]+ rows/s\n", lines[-1])
+    # tqdm's bar: the first line has the estimate from the file's size, the last the count.
+    assert re.fullmatch(r"predict: +0%\|.+\| 0\.00/\d+\.0 .*", lines[1])
+    assert re.fullmatch(r"predict: 100%\|.+\| 57\.0/57\.0 \[.* rows/s\]\n", lines[-1])
     predict(input_path=str(source), output_path=tmp_path / "out.csv")  # stderr is no terminal here
     assert "\r" not in capsys.readouterr().err
 
