@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
@@ -346,7 +347,14 @@ def raw_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.nda
     """
     # An overflow is reported, with its row, by NonFinitePredictions, not as numpy's warning.
     with np.errstate(over="ignore", invalid="ignore"):
-        raw = model.predict(X)
+        try:
+            raw = model.predict(X)
+        except MlflowException as err:
+            # This project's models refuse predictions that overflow (served_model.checked_predictions)
+            # and carry them on the error, so that the rows are named and counted as for any model.
+            raw = getattr(err, "predictions", None)
+            if raw is None:
+                raise
     values = np.asarray(raw.to_numpy() if isinstance(raw, pd.DataFrame | pd.Series) else raw, dtype="float64")
     if values.size != len(X):
         raise PipelineError(f"the model returned {values.shape} values for {len(X)} rows, expected one per row")

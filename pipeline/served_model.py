@@ -103,10 +103,14 @@ def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.Dat
     overflow = ~np.isfinite(predictions)
     if overflow.any():
         row = int(np.argmax(overflow))
-        raise _refuse(
+        error = _refuse(
             f"row {row + 1}: the prediction overflows float64 ({predictions[row]}); its values are too large "
             f"({int(overflow.sum())} such row(s))"
         )
+        # `pipeline.predict` scores a file in chunks: it reads the predictions from the error to
+        # name the file's row and count such rows across all chunks.
+        error.predictions = predictions
+        raise error
     return predictions
 
 
