@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import data
-from pipeline.config import RANDOM_STATE, TARGET, TEST_SIZE
+from pipeline.config import TARGET
 from pipeline.errors import DataError
+from pipeline.params import RANDOM_STATE, TEST_SIZE
 
 DEFAULT_DIR = "examples"
 # A shift a drift check must catch: a quarter of MedInc's training standard deviation.
@@ -36,7 +37,7 @@ class Example:
 def build(dataset: data.Dataset) -> list[Example]:
     """Cuts the example files from the data set (pure: no files are touched)."""
     whole = dataset.X.assign(**{TARGET: dataset.y})
-    split = data.split(dataset, TEST_SIZE, RANDOM_STATE)
+    split = data.split(dataset, TEST_SIZE.default, RANDOM_STATE.default)
     held_out = split.X_test.assign(**{TARGET: split.y_test})
     nodrift = held_out.sample(500, random_state=1)
     shift = held_out.sample(1000, random_state=2)
