@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pipeline.mlflow_compat import import_skops_first
+
 STEPS = ("train", "quantize", "promote", "predict", "monitor", "main")
 
 
@@ -20,16 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     # Each step imports only what it needs, so `--help` and small steps stay quick.
     module = importlib.import_module(f"pipeline.{argv[0]}")
     return module.main(argv[1:])
-
-
-def import_skops_first() -> None:
-    """Imports skops, MLflow's safe format for scikit-learn models, before MLflow is loaded.
-
-    skops looks up each of its ~870 trusted types in every loaded module, so importing it before
-    MLflow's ~2,000 modules makes a step start about 1.4 s sooner (measured: 11.4 s -> 10.0 s,
-    train). Every step loads or logs a scikit-learn model, so it is needed anyway.
-    """
-    import skops.io  # noqa: F401
 
 
 if __name__ == "__main__":

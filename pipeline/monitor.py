@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, data, drift, registry, tracking
+from pipeline import cli, data, datasets, drift, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
@@ -149,7 +149,7 @@ def monitor(
             }
         )
         frame = batch.X if batch.y is None else batch.X.assign(**{batch.y.name: batch.y})
-        mlflow.log_input(tracking.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
+        mlflow.log_input(datasets.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
         mlflow.log_metrics(metrics)
         mlflow.log_text(summary_table(result).to_csv(index=False), SUMMARY_ARTIFACT)
         title = f"{findings}: {what}\nagainst the {reference.description}"
@@ -185,7 +185,7 @@ def _load_reference(reference_path: str | None, run_id: str | None, model_uri: s
         return _Reference(dataset.X, dataset.source)
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no training data; pass --reference")
-    split, record = tracking.load_split(run_id)
+    split, record = splits.load_split(run_id)
     return _Reference(
         split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
     )

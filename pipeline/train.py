@@ -15,7 +15,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, served_model, tracking
+from pipeline import cli, data, datasets, models, plots, registry, served_model, splits, tracking
 from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, TARGET
 from pipeline.errors import DataError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -240,8 +240,8 @@ def train(
                 "data_digest": dataset.digest,
             }
         )
-        tracking.log_dataset_inputs(split, dataset)
-        tracking.log_split(split, dataset, test_size, random_state)
+        datasets.log_dataset_inputs(split, dataset)
+        splits.log_split(split, dataset, test_size, random_state)
         mlflow.log_text(coefficient_table(model, split.X_train).to_csv(index=False), "coefficients.csv")
         mlflow.log_figure(
             plots.predicted_vs_actual(split.y_test, test_pred, "Float model: predicted vs actual (test)"),
@@ -261,9 +261,9 @@ def train(
             sk_model=model,
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
-            pip_requirements=tracking.model_requirements(),
+            pip_requirements=models.model_requirements(),
         )
-        metrics["model_size_bytes"] = float(tracking.model_file_bytes(model_info, SKLEARN_MODEL_FILE))
+        metrics["model_size_bytes"] = float(models.model_file_bytes(model_info, SKLEARN_MODEL_FILE))
         mlflow.log_metrics(metrics)
         version = registry.register(
             model_info.model_uri,
