@@ -26,24 +26,29 @@ Here:
   (looks up the data set, then inserts it); two processes doing the same write at once make
   one fail with `UNIQUE constraint failed`. No upstream issue found. Delete when both write
   with an upsert.
-- `file_dataset_source`: `data/dataset_source_registry.py` registers the local-file source
-  class twice and warns that every local path "can be interpreted in multiple ways" (the same
-  class twice; mlflow#9702). Delete when resolving a path no longer warns.
+- `file_dataset_source`: `data/artifact_dataset_sources.py` `register_artifact_dataset_sources`
+  makes a LocalArtifactDatasetSource for each scheme of the local artifact repository (`` and
+  `file`); both accept a file URI, so resolving one warns that it "can be interpreted in
+  multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource" (mlflow#9702). Delete
+  when resolving a file URI no longer warns.
 - `check_tracking_server`: the REST client retries an unreachable server
   `MLFLOW_HTTP_REQUEST_MAX_RETRIES` (7) times with backoff factor 2, minutes of silence before
   an error; one GET of the server's `/health` with a short timeout fails fast instead.
+  (`pipeline.store.local_server` polls the same endpoint while its server starts: MLflow's
+  liveness check, used as intended, not a work-around.)
 - `scoring_server_env`: `pyfunc/scoring_server/__init__.py` `get_cmd` starts the command
   `uvicorn` found on PATH, not the interpreter's own, so `mlflow models serve` fails from a
   virtual environment that is not activated. Delete when it runs `sys.executable -m uvicorn`.
 
 Elsewhere (the code stays with its caller):
-- `pipeline.store.ensure_database`: `store/tracking/sqlalchemy_store.py` `SqlAlchemyStore`
-  creates and migrates a new store's tables with `store/db/utils.py` `_initialize_tables`,
-  without a lock (MLflow's own `_safe_initialize_tables`, which takes one, is used only by its
-  jobs and workspace stores), so processes starting together on one new SQLite file fail
-  (`table _alembic_tmp_experiments already exists`, `duplicate column name`) and can leave it
-  half-migrated. Delete when SqlAlchemyStore initializes under a lock (and the tests of
-  test_store.py that start many processes on a new file pass without it).
+- `pipeline.store.ensure_database`: `SqlAlchemyStore.__init__` of `store/tracking/` and
+  `store/model_registry/sqlalchemy_store.py` creates and migrates a new store's tables with
+  `store/db/utils.py` `_initialize_tables`, without a lock (MLflow's `_safe_initialize_tables`,
+  which takes one, serves only its jobs and workspace stores), so processes starting together
+  on one new SQLite file fail (`table _alembic_tmp_experiments already exists`, `duplicate
+  column name`) and can leave it half-migrated. Delete when SqlAlchemyStore initializes under a lock (check:
+  six processes opening one new file with MLflow alone all succeed, as tests/test_store.py
+  `test_processes_started_at_once_on_the_default_store_create_it_whole` does with it).
 - `pipeline.promote._promotion_lock`: the registry has no compare-and-set for an alias, so two
   promotions could both read champion vN and both move it; promote holds an exclusive lock
   beside the SQLite store while it reads, decides and moves (no lock exists for a server).
@@ -180,7 +185,7 @@ def file_dataset_source(path: str) -> DatasetSource:
     """MLflow's data set source for a local file, without its warning that the path is ambiguous."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-    # Both candidate registrations are the same class, so the warning says nothing here.
+    # Both candidates are local-file sources that resolve the path alike; the warning says nothing here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         return resolve_dataset_source(Path(path).as_uri())

@@ -82,16 +82,8 @@ class _Inputs:
 
 @dataclass(frozen=True)
 class Comparison:
-    """What `compare` found.
-
-    Attributes:
-        reference: The reference's columns: the features, then the model's prediction.
-        batch: The batch's columns, in the same order.
-        result: The drift test's statistics and decisions per column.
-        drifted_features: The features that drifted, in `config.FEATURES` order.
-        prediction_drift: The model's predictions drifted.
-        metrics: Every metric to log.
-    """
+    """What `compare` found: the columns it compared (the features, then the model's prediction),
+    the drift test's result, what drifted, and every metric to log."""
 
     reference: np.ndarray
     batch: np.ndarray
