@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from pipeline import store
 from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError
+from pipeline.mlflow_compat import quiet_artifact_progress
 from pipeline.params import Param
 
 T = TypeVar("T")
@@ -43,9 +44,10 @@ def build_parser(step: str, description: str, params: Sequence[Param]) -> argpar
 
 
 def configure_logging() -> None:
-    """Step messages at INFO on stderr; MLflow's and other libraries' chatter at WARNING."""
+    """Step messages at INFO on stderr; other libraries' log lines at WARNING, MLflow's download bars off."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
+    quiet_artifact_progress()
 
 
 class Interrupted(KeyboardInterrupt):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline import store
+from pipeline import mlflow_compat, store
 from pipeline.config import ALIAS_CHAMPION, MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,9 @@ def tracking_through_server(tracking_dir: Path) -> Iterator[str]:
     """Points this process at a local tracking server over `tracking_dir` while the block runs.
 
     Pipeline steps run inside it, so skops is imported first, before `tracking_uri` imports
-    MLflow (see `pipeline.__main__.import_skops_first`).
+    MLflow (see `pipeline.mlflow_compat.import_skops_first`).
     """
-    from pipeline.__main__ import import_skops_first
-
-    import_skops_first()
+    mlflow_compat.import_skops_first()
     with store.local_server(tracking_dir) as url, tracking_uri(url):
         yield url
 
@@ -175,10 +173,8 @@ def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) ->
 
 def _exec_server(version: str, model_path: Path, host: str, port: int) -> None:
     print(f"Serving {MODEL_NAME} version {version} (alias {ALIAS_CHAMPION}) on http://{host}:{port}", flush=True)
-    # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's, also when not activated.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = serve_command(model_path, host, port)
-    os.execve(command[0], command, env)
+    os.execve(command[0], command, mlflow_compat.scoring_server_env(os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from pipeline.params import (
 from pipeline.promote import GATE_PARAMS, PromoteResult, check_gate, promote
 from pipeline.promote import report as report_promotion
 from pipeline.quantize import QuantizeResult, check_storable, quantize
-from pipeline.train import TrainResult, prepare, train
+from pipeline.train import TrainResult, log_training, prepare
 
 PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, BITS, *GATE_PARAMS, EXPERIMENT_NAME)
 
@@ -73,8 +73,8 @@ def run_pipeline(
         RejectedError: No candidate passed the gate (exit code 3); `champion` is untouched.
     """
     # Every step's parameters, and every value of the data that train or quantize cannot compute
-    # with, before the parent run starts and the first step registers anything. train then
-    # reads and fits the data again: a pipeline refused here has logged nothing.
+    # with, before the parent run starts and the first step registers anything: a pipeline
+    # refused here has logged nothing. train then logs the model fitted here.
     TEST_SIZE.check(test_size)
     RANDOM_STATE.check(random_state)
     BITS.check(bits)
@@ -96,7 +96,7 @@ def run_pipeline(
                 "quantized_tolerance": quantized_tolerance,
             }
         )
-        trained = train(data_path, test_size, random_state, experiment_name)
+        trained = log_training(fitted, experiment_name)
         quantized = quantize(trained.model_uri, bits=bits, experiment_name=experiment_name)
         promoted = promote(
             {ALIAS_CHALLENGER: trained.model_uri, ALIAS_QUANTIZED: quantized.model_uri},

@@ -18,9 +18,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, data, drift, registry, tracking
+from pipeline import cli, data, datasets, drift, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
@@ -68,6 +69,43 @@ class _Reference:
     description: str
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What monitor reads before it computes anything."""
+
+    batch: data.Dataset
+    reference: _Reference
+    model: mlflow.pyfunc.PyFuncModel
+    version: ModelVersion | None
+    recorded: dict[str, float]  # the model run's metrics, when the batch carries MedHouseVal
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What `compare` found: the columns it compared (the features, then the model's prediction),
+    the drift test's result, what drifted, and every metric to log."""
+
+    reference: np.ndarray
+    batch: np.ndarray
+    result: drift.DriftResult
+    drifted_features: list[str]
+    prediction_drift: bool
+    metrics: dict[str, float]
+
+    @property
+    def drifted_columns(self) -> str:
+        """ "feature(s) A, B and the prediction", or "" when nothing drifted."""
+        parts = [f"feature(s) {', '.join(self.drifted_features)}"] if self.drifted_features else []
+        if self.prediction_drift:
+            parts.append("the prediction")
+        return " and ".join(parts)
+
+    @property
+    def findings(self) -> str:
+        """One line: "No drift", or which columns drifted."""
+        return f"Drift in {self.drifted_columns}" if self.drifted_columns else "No drift"
+
+
 def monitor(
     batch_path: str,
     reference_path: str | None = REFERENCE.default,
@@ -99,6 +137,26 @@ def monitor(
         RejectedError: `fail_on_drift` and drift was found; the run is logged first.
     """
     MIN_BATCH.check(min_batch)
+    inputs = _load(batch_path, reference_path, model_uri, min_batch)
+    found = compare(inputs.model, inputs.batch, inputs.reference, inputs.recorded)
+    run_id = _log_run(inputs, found, model_uri, fail_on_drift, min_batch, experiment_name)
+    if fail_on_drift and found.metrics["drift_detected"]:
+        raise RejectedError(
+            f"{inputs.batch.source}: drift in {found.drifted_columns}; see {REPORT_ARTIFACT} of run {run_id}"
+        )
+    return MonitorResult(
+        run_id=run_id,
+        n_rows=len(inputs.batch.X),
+        drift_detected=bool(found.metrics["drift_detected"]),
+        drifted_features=found.drifted_features,
+        prediction_drift=found.prediction_drift,
+        findings=found.findings,
+        metrics=found.metrics,
+    )
+
+
+def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch: int) -> _Inputs:
+    """Reads and checks the batch, the model and the reference; nothing is logged."""
     if not batch_path:
         raise PipelineError("no batch given: pass --batch FILE.csv (the 8 features, MedHouseVal optional)")
     batch = data.load(batch_path, target=data.TARGET_OPTIONAL)
@@ -108,7 +166,15 @@ def monitor(
     run_id = version.run_id if version else model.metadata.run_id
     reference = _load_reference(reference_path, run_id, model_uri)
     _check_size(reference.description, "reference", len(reference.X), min_batch)
+    recorded = MlflowClient().get_run(run_id).data.metrics if run_id and batch.y is not None else {}
+    return _Inputs(batch, reference, model, version, recorded)
 
+
+def compare(
+    model: mlflow.pyfunc.PyFuncModel, batch: data.Dataset, reference: _Reference, recorded: dict[str, float]
+) -> Comparison:
+    """Tests every feature and the model's prediction for drift, and scores a batch that carries
+    MedHouseVal against the test metrics `recorded` by the model's run (no I/O)."""
     batch_pred = model_predictions(model, batch.X, batch.source)
     # The prediction is a ninth column, tested in the same family as the features.
     ref_columns = np.column_stack(
@@ -118,18 +184,23 @@ def monitor(
     result = drift.detect(ref_columns, batch_columns)
     drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))
     drifted_features = [f for f in FEATURES if drifted[f]]
-    drifted_columns = _drifted_columns(drifted_features, drifted[PREDICTION])
-    findings = f"Drift in {drifted_columns}" if drifted_columns else "No drift"
     metrics = _drift_metrics(result, drifted_features, drifted[PREDICTION])
     if batch.y is not None:
-        metrics.update(_performance(batch.y.to_numpy(), batch_pred, run_id))
+        metrics.update(_performance(batch.y.to_numpy(), batch_pred, recorded))
+    return Comparison(ref_columns, batch_columns, result, drifted_features, drifted[PREDICTION], metrics)
+
+
+def _log_run(
+    inputs: _Inputs, found: Comparison, model_uri: str, fail_on_drift: bool, min_batch: int, experiment_name: str
+) -> str:
+    """Logs the comparison as a monitor run, with its summary table and report figure; returns the run's id."""
+    batch, reference, version = inputs.batch, inputs.reference, inputs.version
     version_text = f"version {version.version}" if version else "no registered version"
     what = f"{len(batch.X)} rows of {Path(batch.source).name}, {model_uri} ({version_text})"
     description = (
-        f"{findings}: {what}, against the {reference.description}; "
-        f"{len(drifted_features)} of {len(FEATURES)} features drifted."
+        f"{found.findings}: {what}, against the {reference.description}; "
+        f"{len(found.drifted_features)} of {len(FEATURES)} features drifted."
     )
-
     with tracking.step_run("monitor", "monitor", description, experiment_name) as run:
         # Under `mlflow run` the entry point's own parameters are already logged as spelled.
         tracking.log_params(
@@ -149,25 +220,13 @@ def monitor(
             }
         )
         frame = batch.X if batch.y is None else batch.X.assign(**{batch.y.name: batch.y})
-        mlflow.log_input(tracking.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
-        mlflow.log_metrics(metrics)
-        mlflow.log_text(summary_table(result).to_csv(index=False), SUMMARY_ARTIFACT)
-        title = f"{findings}: {what}\nagainst the {reference.description}"
-        mlflow.log_figure(report_figure(ref_columns, batch_columns, result, title), REPORT_ARTIFACT)
+        mlflow.log_input(datasets.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
+        mlflow.log_metrics(found.metrics)
+        mlflow.log_text(summary_table(found.result).to_csv(index=False), SUMMARY_ARTIFACT)
+        title = f"{found.findings}: {what}\nagainst the {reference.description}"
+        mlflow.log_figure(report_figure(found.reference, found.batch, found.result, title), REPORT_ARTIFACT)
     log.info("%s", description)
-    if fail_on_drift and metrics["drift_detected"]:
-        raise RejectedError(
-            f"{batch.source}: drift in {drifted_columns}; see {REPORT_ARTIFACT} of run {run.info.run_id}"
-        )
-    return MonitorResult(
-        run_id=run.info.run_id,
-        n_rows=len(batch.X),
-        drift_detected=bool(metrics["drift_detected"]),
-        drifted_features=drifted_features,
-        prediction_drift=drifted[PREDICTION],
-        findings=findings,
-        metrics=metrics,
-    )
+    return run.info.run_id
 
 
 def _check_size(origin: str, what: str, n_rows: int, min_batch: int) -> None:
@@ -185,7 +244,7 @@ def _load_reference(reference_path: str | None, run_id: str | None, model_uri: s
         return _Reference(dataset.X, dataset.source)
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no training data; pass --reference")
-    split, record = tracking.load_split(run_id)
+    split, record = splits.load_split(run_id)
     return _Reference(
         split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
     )
@@ -203,10 +262,9 @@ def _drift_metrics(result: drift.DriftResult, drifted_features: list[str], predi
     return metrics
 
 
-def _performance(y_true: np.ndarray, y_pred: np.ndarray, run_id: str | None) -> dict[str, float]:
+def _performance(y_true: np.ndarray, y_pred: np.ndarray, recorded: dict[str, float]) -> dict[str, float]:
     """The batch's test metrics, and how far R² fell from the model's recorded test R²."""
     metrics = regression_metrics(y_true, y_pred)
-    recorded = MlflowClient().get_run(run_id).data.metrics if run_id else {}
     if "test_r2" in recorded and "test_mse" in recorded:
         metrics["model_test_r2"] = recorded["test_r2"]
         metrics["model_test_mse"] = recorded["test_mse"]
@@ -274,14 +332,6 @@ def _histogram_bins(values: np.ndarray) -> np.ndarray:
     if low == high:
         return np.array([low - 0.5, high + 0.5])
     return np.linspace(low, high, 41)
-
-
-def _drifted_columns(drifted_features: list[str], prediction_drift: bool) -> str:
-    """ "feature(s) A, B and the prediction", or "" when nothing drifted."""
-    parts = [f"feature(s) {', '.join(drifted_features)}"] if drifted_features else []
-    if prediction_drift:
-        parts.append("the prediction")
-    return " and ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,6 @@ from mlflow.utils.uri import is_local_uri
 
 from pipeline import store
 from pipeline.errors import PipelineError
-from pipeline.tracking import sqlite_database
 
 # What SQLite keeps beside a database while it writes; a stray file there corrupts the database.
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
@@ -74,7 +73,7 @@ def protected_paths() -> Iterator[Protected]:
     """The tracking store's files and artifact roots, as far as this process can see them."""
     local_store = False
     for uri in dict.fromkeys((mlflow.get_tracking_uri(), mlflow.get_registry_uri())):
-        database = sqlite_database(uri)
+        database = store.sqlite_path(uri)
         if database is not None:
             local_store = True
             yield from _database_files(database)
@@ -104,7 +103,7 @@ def _experiment_roots() -> Iterator[Path]:
 
     A SQLite store that does not exist yet is not created to ask: it has no experiments.
     """
-    database = sqlite_database(mlflow.get_tracking_uri())
+    database = store.sqlite_path(mlflow.get_tracking_uri())
     if database is not None and not database.exists():
         return
     for experiment in MlflowClient().search_experiments(view_type=ViewType.ALL):

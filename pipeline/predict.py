@@ -13,8 +13,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +28,11 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
 
-from pipeline import cli, data, paths, registry, tracking
+from pipeline import cli, data, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors
+from pipeline.mlflow_compat import check_tracking_server
 from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
 
 log = logging.getLogger(__name__)
@@ -42,9 +41,6 @@ PARAMS = (MODEL_URI, INPUT, OUTPUT, CHUNKSIZE, EXPERIMENT_NAME)
 SAMPLE_ROWS = 10
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
-# Seconds to wait for a tracking server before saying it is unreachable (MLflow's own client
-# retries with backoff for minutes).
-SERVER_TIMEOUT = 5.0
 _LINE_SAMPLE_BYTES = 1 << 16
 # Plain numbers, no quotes; shortest text that reads back to the same float64.
 _CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=1 << 16)
@@ -89,29 +85,6 @@ def estimate_rows(path: Path) -> int | None:
         sample = handle.read(_LINE_SAMPLE_BYTES)
     lines = sample.count(b"\n")
     return max(int(path.stat().st_size * lines / len(sample)) - 1, 1) if lines >= 2 else None
-
-
-def check_tracking_server(timeout: float = SERVER_TIMEOUT) -> None:
-    """Fails fast, naming the URI, when the tracking server does not answer.
-
-    Only HTTP(S) tracking URIs are probed; a database or a folder needs no server.
-
-    Raises:
-        PipelineError: Nothing answers at the tracking URI within `timeout` seconds.
-    """
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # something answers; MLflow's own calls report what it says
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise PipelineError(
-            f"tracking server {uri} is unreachable ({reason}); start it or set MLFLOW_TRACKING_URI"
-        ) from None
 
 
 def predict(
@@ -255,7 +228,7 @@ def held_out_split(run_id: str | None, model_uri: str) -> Batch:
     """
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no held-out split; pass --input")
-    split, record = tracking.load_split(run_id)
+    split, record = splits.load_split(run_id)
     frame = split.X_test.assign(**{TARGET: split.y_test})
     source = record["source"]
     data_file = source if Path(source).is_file() else None  # not scikit-learn's download

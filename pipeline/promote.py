@@ -18,7 +18,6 @@ the run records why, and the command exits with code 3.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from mlflow.models import MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, registry, tracking
+from pipeline import cli, datasets, registry, splits, store, tracking
 from pipeline.config import ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME, TARGET
 from pipeline.data import Split
 from pipeline.errors import PipelineError, RejectedError
@@ -170,7 +169,7 @@ def promote(
         if version is None:
             raise PipelineError(f"candidate {label!r} ({candidates[label]}) is not a registered model version")
     split, source = _common_held_out_set(versions)
-    eval_data = tracking.mlflow_dataset(
+    eval_data = datasets.mlflow_dataset(
         split.X_test.assign(**{TARGET: split.y_test}), source, "california-housing-evaluation"
     )
     with tracking.step_run(
@@ -314,7 +313,7 @@ def _common_held_out_set(versions: Mapping[str, ModelVersion]) -> tuple[Split, s
     Raises:
         PipelineError: The candidates were made on different splits or data.
     """
-    records = {label: tracking.load_split_record(version.run_id) for label, version in versions.items()}
+    records = {label: splits.load_split_record(version.run_id) for label, version in versions.items()}
     (first_label, first), *others = records.items()
     for label, record in others:
         if (record["digest"], record["test_index"]) != (first["digest"], first["test_index"]):
@@ -323,7 +322,7 @@ def _common_held_out_set(versions: Mapping[str, ModelVersion]) -> tuple[Split, s
                 "promote compares models made from one training run"
             )
     # The rows are the same for all, so the data is loaded once.
-    return tracking.split_from_record(first, versions[first_label].run_id), first["source"]
+    return splits.split_from_record(first, versions[first_label].run_id), first["source"]
 
 
 @contextmanager
@@ -331,18 +330,15 @@ def _promotion_lock() -> Iterator[None]:
     """Serializes read-decide-move of the aliases between processes sharing a SQLite store.
 
     Without it two pipelines could both read champion vN and both move it, losing one
-    `previous-champion`. A tracking server has no such lock to take; there the last one wins.
+    `previous-champion` (the registry has no compare-and-set; see `pipeline.mlflow_compat`).
+    A tracking server has no such lock to take; there the last one wins.
     """
-    database = tracking.sqlite_database(mlflow.get_tracking_uri())
+    database = store.sqlite_path(mlflow.get_tracking_uri())
     if database is None:
         yield
         return
-    with database.with_suffix(".promote.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with store.exclusive_lock(database.with_suffix(".promote.lock")):
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:

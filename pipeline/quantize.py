@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, served_model, tracking
+from pipeline import cli, data, models, plots, registry, served_model, splits, tracking
 from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_ARTIFACT, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -105,7 +105,7 @@ def load_source(model_uri: str) -> Source:
     names = [str(n) for n in getattr(model, "feature_names_in_", [])]
     if names != list(FEATURES) or np.ndim(model.coef_) != 1:
         raise PipelineError(f"{model_uri} takes features {names or '(unnamed)'}; expected {', '.join(FEATURES)}")
-    split, record = tracking.load_split(info.run_id)
+    split, record = splits.load_split(info.run_id)
     number = None if version is None else str(version.version)
     return Source(model_uri, number, info.run_id, model, info.signature, split, record)
 
@@ -272,7 +272,7 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
             "stats_dtype": params.mean.dtype.name,
         }
     )
-    tracking.log_split_record(source.split_record)
+    splits.log_split_record(source.split_record)
     mlflow.log_text(evaluation.coefficients.to_csv(index=False), "coefficients.csv")
     mlflow.log_figure(_prediction_figure(evaluation), "plots/quantized_vs_float.png")
     table = evaluation.coefficients
@@ -294,9 +294,9 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
             artifacts={PARAMS_KEY: str(params_path)},
             signature=source.signature,
             input_example=split.X_train.head(5),
-            pip_requirements=tracking.model_requirements(),
+            pip_requirements=models.model_requirements(),
         )
-    size = tracking.model_file_bytes(model_info, f"artifacts/{PARAMS_FILE}")
+    size = models.model_file_bytes(model_info, f"artifacts/{PARAMS_FILE}")
     metrics = {**evaluation.metrics, "model_size_bytes": float(size)}
     mlflow.log_metrics(metrics)
     return model_info, metrics

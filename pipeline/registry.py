@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -15,10 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_QUANTIZED, MODEL_NAME
 from pipeline.errors import PipelineError
+from pipeline.mlflow_compat import retry_lost_race
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # The command that sets each alias, named in the error when an alias is missing.
 _ALIAS_SOURCE = {
@@ -52,29 +48,10 @@ def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
 def set_alias(alias: str, version: str | int) -> None:
     """Points `alias` of `california-housing` at `version`.
 
-    MLflow moves an alias by deleting and inserting a row, so two processes moving the same
-    alias at once make one fail on the table's unique key; moving an alias is idempotent, so
-    that one simply tries again.
+    Two processes moving the same alias at once can make one fail on the table's unique key
+    (`mlflow_compat.retry_lost_race`); moving an alias is idempotent, so that one tries again.
     """
     retry_lost_race(lambda: MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version), f"alias {alias!r}")
-
-
-def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
-    """Runs an idempotent MLflow write again when it lost a race with another process.
-
-    With processes sharing a SQLite store, MLflow's check-then-insert writes (moving an alias,
-    logging a data set an experiment already has) can fail on a unique key when another process
-    did the same at the same moment; the next attempt finds the row and succeeds.
-    """
-    for attempt in range(1, attempts):
-        try:
-            return call()
-        except MlflowException as err:
-            if "UNIQUE constraint failed" not in str(err):
-                raise
-            log.info("%s was written by another process at the same time; retrying", what)
-            time.sleep(0.05 * attempt)
-    return call()
 
 
 def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:

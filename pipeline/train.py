@@ -12,10 +12,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import Model, infer_signature
-from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, plots, registry, served_model, tracking
+from pipeline import cli, data, datasets, models, plots, registry, served_model, splits, tracking
 from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, TARGET
 from pipeline.errors import DataError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -36,6 +36,7 @@ class CheckedSklearnFlavor:
     so `quantize` finds the LinearRegression), except that its python_function flavor loads
     through `served_model._load_pyfunc`, which refuses missing, non-finite and non-numeric
     cells by column and row, as the quantized model does, instead of predicting NaN.
+    `mlflow.sklearn.save_model` cannot name another loader (see `pipeline.mlflow_compat`).
     """
 
     @staticmethod
@@ -95,13 +96,15 @@ def _train_fit(y_train: pd.Series, train_pred: np.ndarray) -> dict[str, float]:
 
 
 class Fitted(NamedTuple):
-    """What `train` computes before it logs anything."""
+    """What `train` computes before it logs anything, and the split parameters it used."""
 
     dataset: data.Dataset
     split: data.Split
     model: LinearRegression
     test_pred: np.ndarray
     metrics: dict[str, float]
+    test_size: float
+    random_state: int
 
 
 def prepare(
@@ -134,7 +137,7 @@ def prepare(
     _check_rank(model, split.X_train, dataset.source)
     if not all(np.isfinite(list(metrics.values()))):
         _refuse_overflowing_errors(model, split, test_pred, train_pred, dataset.source)
-    return Fitted(dataset, split, model, test_pred, metrics)
+    return Fitted(dataset, split, model, test_pred, metrics, test_size, random_state)
 
 
 def _cell(frame: pd.DataFrame, column: str, position: int) -> str:
@@ -224,7 +227,16 @@ def train(
         DataError: The data cannot be used, also values float64 least squares cannot fit; the
             message names file, column and row.
     """
-    dataset, split, model, test_pred, metrics = prepare(data_path, test_size, random_state)
+    return log_training(prepare(data_path, test_size, random_state), experiment_name)
+
+
+def log_training(fitted: Fitted, experiment_name: str = EXPERIMENT_NAME.default) -> TrainResult:
+    """Logs what `prepare` computed as a train run and registers the model as `challenger`, last.
+
+    Returns:
+        The run, the registered version and the metrics.
+    """
+    dataset, split, model, test_pred, metrics, test_size, random_state = fitted
     description = (
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
         f"test R² {metrics['test_r2']:.4f} on {len(split.X_test)} held-out rows."
@@ -240,30 +252,11 @@ def train(
                 "data_digest": dataset.digest,
             }
         )
-        tracking.log_dataset_inputs(split, dataset)
-        tracking.log_split(split, dataset, test_size, random_state)
-        mlflow.log_text(coefficient_table(model, split.X_train).to_csv(index=False), "coefficients.csv")
-        mlflow.log_figure(
-            plots.predicted_vs_actual(split.y_test, test_pred, "Float model: predicted vs actual (test)"),
-            "plots/predicted_vs_actual.png",
-        )
-        mlflow.log_figure(
-            plots.residuals(split.y_test, test_pred, "Float model: residuals (test)"), "plots/residuals.png"
-        )
-        # The frame is validated (no missing cells), so a few rows give the schema all rows
-        # would, without MLflow checking every cell of the training set for missing values.
-        example = split.X_train.head(5)
-        model_info = Model.log(
-            artifact_path=None,
-            name=MODEL_ARTIFACT,
-            flavor=CheckedSklearnFlavor,
-            flavor_name=mlflow.sklearn.FLAVOR_NAME,
-            sk_model=model,
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            pip_requirements=tracking.model_requirements(),
-        )
-        metrics["model_size_bytes"] = float(tracking.model_file_bytes(model_info, SKLEARN_MODEL_FILE))
+        datasets.log_dataset_inputs(split, dataset)
+        splits.log_split(split, dataset, test_size, random_state)
+        _log_figures(model, split, test_pred)
+        model_info = _log_model(model, split.X_train)
+        metrics = {**metrics, "model_size_bytes": float(models.model_file_bytes(model_info, SKLEARN_MODEL_FILE))}
         mlflow.log_metrics(metrics)
         version = registry.register(
             model_info.model_uri,
@@ -272,6 +265,33 @@ def train(
         )
     log.info("test R² %.4f, test MSE %.4f, intercept %.4f", metrics["test_r2"], metrics["test_mse"], model.intercept_)
     return TrainResult(run.info.run_id, str(version.version), registry.version_uri(version), metrics)
+
+
+def _log_figures(model: LinearRegression, split: data.Split, test_pred: np.ndarray) -> None:
+    """Logs the coefficient table and the test set's predicted-vs-actual and residual plots."""
+    mlflow.log_text(coefficient_table(model, split.X_train).to_csv(index=False), "coefficients.csv")
+    mlflow.log_figure(
+        plots.predicted_vs_actual(split.y_test, test_pred, "Float model: predicted vs actual (test)"),
+        "plots/predicted_vs_actual.png",
+    )
+    mlflow.log_figure(plots.residuals(split.y_test, test_pred, "Float model: residuals (test)"), "plots/residuals.png")
+
+
+def _log_model(model: LinearRegression, X_train: pd.DataFrame) -> ModelInfo:
+    """Logs the fitted model in the scikit-learn flavor, served through `served_model.py`."""
+    # The frame is validated (no missing cells), so a few rows give the schema all rows
+    # would, without MLflow checking every cell of the training set for missing values.
+    example = X_train.head(5)
+    return Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=CheckedSklearnFlavor,
+        flavor_name=mlflow.sklearn.FLAVOR_NAME,
+        sk_model=model,
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
+        pip_requirements=models.model_requirements(),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,6 +138,18 @@ def test_tracking_directory_of_pipeline_store(
     assert list((directory / "artifacts").iterdir()) == []
 
 
+def test_database_of_a_uri_with_a_query(store_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # SQLAlchemy, and so MLflow, opens `sqlite:///DIR/mlflow.db?timeout=20` as DIR/mlflow.db.
+    database = store_copy / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{database}?timeout=20")
+    before = digest(database)
+    assert main(["--input", "x.csv", "--output", "mlflow.db"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: output mlflow.db is the tracking database {database}; nothing was written, choose another file"
+    )
+    assert digest(database) == before
+
+
 def test_model_folder_is_an_input(store_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = Path(mlflow.artifacts.download_artifacts("models:/california-housing@challenger", dst_path="m"))
     output = model / "MLmodel"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, registry, tracking
+from pipeline import data, registry, splits
 from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors, regression_metrics
@@ -95,7 +95,7 @@ def test_default_input_is_the_held_out_split(scoring: str, tmp_path: Path, alias
     assert list(written.columns) == [PREDICTION, ERROR]
     assert len(written) == 4128
     np.testing.assert_array_equal(written[PREDICTION].head(10), result.sample[PREDICTION])
-    split, _ = tracking.load_split(version.run_id)
+    split, _ = splits.load_split(version.run_id)
     np.testing.assert_allclose(written[ERROR], written[PREDICTION] - split.y_test.to_numpy(), rtol=1e-9, atol=1e-12)
     assert result.sample[TARGET].round(2).tolist()[:3] == [0.48, 0.46, 5.0]
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, registry, tracking
+from pipeline import data, registry, splits
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_NAME
 from pipeline.errors import PipelineError
 from pipeline.metrics import regression_metrics
@@ -286,7 +286,7 @@ def test_registered_version_tags_alias_and_stored_parameters(quantized: str) -> 
 
 def test_pyfunc_predicts_the_evaluated_values_by_column_name(quantized: str) -> None:
     version = registry.version_by_alias(ALIAS_QUANTIZED)
-    split, _ = tracking.load_split(version.run_id)
+    split, _ = splits.load_split(version.run_id)
     model = mlflow.pyfunc.load_model(QUANTIZED_URI)
     float_model = mlflow.pyfunc.load_model(CHALLENGER_URI)
     assert model.metadata.signature == float_model.metadata.signature
@@ -333,7 +333,7 @@ def test_served_input_check_takes_columns_by_name_and_refuses_overflow() -> None
 @pytest.mark.parametrize("uri", [CHALLENGER_URI, QUANTIZED_URI])
 def test_both_registered_models_refuse_bad_cells_as_pyfunc(quantized: str, uri: str) -> None:
     version = registry.version_by_alias(ALIAS_QUANTIZED)
-    split, _ = tracking.load_split(version.run_id)
+    split, _ = splits.load_split(version.run_id)
     model = mlflow.pyfunc.load_model(uri)
     rows = split.X_test.head(3).reset_index(drop=True)
     with pytest.raises(MlflowException, match=re.escape("column 'Population', row 2: value is infinite")):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import data, registry, tracking
+from pipeline import data, registry, splits
 from pipeline.config import FEATURES, MODEL_NAME
 from pipeline.metrics import regression_metrics
 from tests.conftest import Store, using
@@ -37,7 +37,7 @@ class Loaded:
 def loaded(request: pytest.FixtureRequest, pipeline_store: Store) -> Loaded:
     with using(pipeline_store):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{request.param}")
-        split, _ = tracking.load_split(registry.version_by_alias(request.param).run_id)
+        split, _ = splits.load_split(registry.version_by_alias(request.param).run_id)
     return Loaded(request.param, model, split)
 
 

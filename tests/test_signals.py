@@ -210,3 +210,23 @@ def test_store_wrapper_passes_sigterm_on(python: str, tmp_path: Path, empty_db: 
     assert "train" in statuses
     assert set(statuses.values()) == {"KILLED"}
     assert list(step.temp.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_the_libraries_load(tracking_uri: str, python: str, tmp_path: Path) -> None:
+    """Before `cli.run` handles signals (MLflow is still being imported), Ctrl-C is one line too."""
+    step = start([python, "-m", "pipeline", "train"], tmp_path, cwd=tmp_path)
+
+    def numpy_loaded() -> bool:
+        # numpy loads early in the imports, seconds before the step starts.
+        return "numpy" in Path(f"/proc/{step.process.pid}/maps").read_text()
+
+    wait_until(numpy_loaded, step, "numpy loaded")
+    step.process.send_signal(signal.SIGINT)
+
+    code, err = finish(step)
+    assert code == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGINT")
+    assert err.count("error:") == 1
+    assert [r for r in runs() if r.info.status != "KILLED"] == []

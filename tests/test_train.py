@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
-from pipeline import data, registry, tracking
+from pipeline import data, registry, splits
 from pipeline.config import ALIAS_CHALLENGER, CHALLENGER_URI, EXPERIMENT_NAME, FEATURES, MODEL_NAME
 from pipeline.errors import DataError
 from pipeline.train import coefficient_table, fit, train
@@ -94,7 +94,7 @@ def test_registered_version_is_tagged_and_pinned(trained: str) -> None:
 
 def test_registry_round_trip_predicts_exactly_what_was_trained(trained: str, california: data.Dataset) -> None:
     version = registry.version_by_alias(ALIAS_CHALLENGER)
-    split, record = tracking.load_split(version.run_id)
+    split, record = splits.load_split(version.run_id)
     expected = fit(split.X_train, split.y_train).predict(split.X_test)
     sk_model = mlflow.sklearn.load_model(CHALLENGER_URI)
     np.testing.assert_array_equal(sk_model.predict(split.X_test), expected)

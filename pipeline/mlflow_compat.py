@@ -1,0 +1,232 @@
+"""Work-arounds for MLflow 3.17.2 (and skops 0.16.0), in one place, so an upgrade can drop them one by one.
+
+Each says what MLflow does (the file and function in MLflow 3.17.2, under `mlflow/`), the
+upstream issue where there is one, and what to check before deleting it. Callers call the
+named function; nothing else in `pipeline/` works around MLflow, except the code listed under
+"Elsewhere", which must stay with its caller.
+
+Here:
+- `import_skops_first`: import order only (skops 0.16.0, no MLflow bug). skops resolves its
+  trusted types against every loaded module; importing it before MLflow's modules makes each
+  step start sooner. Delete when a step's start-up time with and without it is the same.
+- `activate_experiment`: `tracking/fluent.py` `set_experiment(name)` returns early, without
+  making the experiment active, when `create_experiment` raises RESOURCE_ALREADY_EXISTS
+  (another process created it at the same moment; set_experiment is not safe for
+  concurrency: mlflow#10334, mlflow#12259). Delete when that branch activates it too.
+- `check_artifact_root`: an experiment created through `mlflow server`/`mlflow ui` has an
+  `mlflow-artifacts:/` root, which a client logging straight to the database cannot reach; it
+  fails deep inside artifact logging with an unrelated-looking error (mlflow#7819). Delete when
+  MLflow refuses it itself, with a message naming the cause.
+- `cli_run_name`: `mlflow run` creates its run before our code starts and names it with
+  `utils/name_utils.py` `_generate_random_name` (adjective-noun-NNN) unless given `--run-name`,
+  and records nothing that tells the two apart; only a name of that shape is replaced.
+- `retry_lost_race`: the SQLAlchemy stores write check-then-insert without a lock:
+  `store/model_registry/sqlalchemy_store.py` `set_registered_model_alias` (`session.merge`:
+  SELECT by key, then INSERT) and `store/tracking/sqlalchemy_store.py` `_log_inputs_impl`
+  (looks up the data set, then inserts it); two processes doing the same write at once make
+  one fail with `UNIQUE constraint failed`. No upstream issue found. Delete when both write
+  with an upsert.
+- `file_dataset_source`: `data/artifact_dataset_sources.py` `register_artifact_dataset_sources`
+  makes a LocalArtifactDatasetSource for each scheme of the local artifact repository (`` and
+  `file`); both accept a file URI, so resolving one warns that it "can be interpreted in
+  multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource" (mlflow#9702). Delete
+  when resolving a file URI no longer warns.
+- `check_tracking_server`: the REST client retries an unreachable server
+  `MLFLOW_HTTP_REQUEST_MAX_RETRIES` (7) times with backoff factor 2, minutes of silence before
+  an error; one GET of the server's `/health` with a short timeout fails fast instead.
+  (`pipeline.store.local_server` polls the same endpoint while its server starts: MLflow's
+  liveness check, used as intended, not a work-around.)
+- `scoring_server_env`: `pyfunc/scoring_server/__init__.py` `get_cmd` starts the command
+  `uvicorn` found on PATH, not the interpreter's own, so `mlflow models serve` fails from a
+  virtual environment that is not activated. Delete when it runs `sys.executable -m uvicorn`.
+- `quiet_artifact_progress`: `utils/file_utils.py` `ArtifactProgressBar` draws a tqdm bar on
+  stderr for every artifact download whenever tqdm is installed (this project installs it for
+  `predict`'s own bar), terminal or not, so a step's one-line error came after several bar
+  lines. Its documented switch `MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR` turns them off unless
+  the user set it. Delete when MLflow draws them only on a terminal.
+
+Elsewhere (the code stays with its caller):
+- `pipeline.store.ensure_database`: `SqlAlchemyStore.__init__` of `store/tracking/` and
+  `store/model_registry/sqlalchemy_store.py` creates and migrates a new store's tables with
+  `store/db/utils.py` `_initialize_tables`, without a lock (MLflow's `_safe_initialize_tables`,
+  which takes one, serves only its jobs and workspace stores), so processes starting together
+  on one new SQLite file fail (`table _alembic_tmp_experiments already exists`, `duplicate
+  column name`) and can leave it half-migrated. Delete when SqlAlchemyStore initializes under a lock (check:
+  six processes opening one new file with MLflow alone all succeed, as tests/test_store.py
+  `test_processes_started_at_once_on_the_default_store_create_it_whole` does with it).
+- `pipeline.promote._promotion_lock`: the registry has no compare-and-set for an alias, so two
+  promotions could both read champion vN and both move it; promote holds an exclusive lock
+  beside the SQLite store while it reads, decides and moves (no lock exists for a server).
+- `pipeline.train.CheckedSklearnFlavor`: `sklearn/__init__.py` `save_model` always writes
+  `mlflow.sklearn` as the python_function loader, with no option to name another; the flavor
+  saves as it does, then points the MLmodel's loader at `served_model.py`.
+- `pipeline.tracking.log_params`: `mlflow run` logs an entry point's parameters as the command
+  line spelled them (`0.20`, `''`), and MLflow refuses to log a key again with another value;
+  only the keys the run lacks are logged.
+- No code: after SIGINT, `mlflow run` marks its run FAILED over the KILLED our step set:
+  `projects/__init__.py` `_maybe_set_run_terminated` passes the status string to
+  `entities/run_status.py` `RunStatus.is_terminated`, which compares numbers, so it always
+  overwrites. tests/test_signals.py `test_mlflow_run_stopped_mid_pipeline` asserts FAILED for
+  the SIGINT case; an MLflow that fixes this makes that assertion fail, and KILLED is right.
+
+MLflow is imported inside the functions: `import_skops_first` must run before it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pipeline import store
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.entities import Experiment
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# `mlflow run`'s generated run names: adjective-noun-NNN.
+GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")
+# Seconds to wait for a tracking server before saying it is unreachable.
+SERVER_TIMEOUT = 5.0
+
+
+def import_skops_first() -> None:
+    """Imports skops, MLflow's safe format for scikit-learn models, before MLflow is loaded.
+
+    skops looks up each of its trusted types in every loaded module, so importing it before
+    MLflow's thousands of modules makes a step start sooner. Every step loads or logs a
+    scikit-learn model, so it is needed anyway.
+    """
+    import skops.io  # noqa: F401
+
+
+def activate_experiment(name: str) -> Experiment:
+    """Makes experiment `name` the active one, creating it if needed, also when another process
+    creates it at the same moment."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    # The racing case returns the experiment without activating it; activating by id always does.
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment
+
+
+def check_artifact_root(artifact_location: str, experiment_name: str) -> None:
+    """Refuses, with the fix, to log to an experiment whose artifacts only a server can reach.
+
+    Raises:
+        PipelineError: The experiment stores artifacts behind a tracking server
+            (`mlflow-artifacts:/`) but the tracking URI is a database file (mlflow#7819).
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if artifact_location.startswith("mlflow-artifacts:") and not uri.startswith(("http://", "https://")):
+        raise PipelineError(
+            f"experiment {experiment_name!r} stores its artifacts at {artifact_location} (it was "
+            f"created through 'mlflow server' or 'mlflow ui'; mlflow issue #7819), which only a "
+            f"tracking server can reach, but the tracking URI is {uri}; nothing was logged. "
+            f"{_server_fix(uri)}, or pass --experiment-name NEW to log to a new experiment of this file."
+        )
+
+
+def _server_fix(uri: str) -> str:
+    """How to log through a server over the database `uri`, as exact as the store allows."""
+    # A tracking directory made by pipeline.store keeps its artifacts in artifacts/ beside the database.
+    database = store.sqlite_path(uri)
+    if database is not None and (database.parent / store.ARTIFACTS_DIR).is_dir():
+        return (
+            f"Log through a server over it: prefix your command with "
+            f"'python -m pipeline.store --dir {database.parent} --'"
+        )
+    return (
+        "Log through the server that created it: start 'mlflow server --backend-store-uri URI "
+        "--artifacts-destination ITS_ARTIFACTS_FOLDER' and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
+    )
+
+
+def cli_run_name(run_id: str, step_name: str) -> str | None:
+    """The name for the run `mlflow run` created: the step's, unless the user chose one."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(run_id)
+    return step_name if GENERATED_RUN_NAME.fullmatch(run.info.run_name or "") else None
+
+
+def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Runs an idempotent MLflow write again when it lost a race with another process.
+
+    With processes sharing a SQLite store, MLflow's check-then-insert writes (moving an alias,
+    logging a data set an experiment already has) can fail on a unique key when another process
+    did the same at the same moment; the next attempt finds the row and succeeds.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts):
+        try:
+            return call()
+        except MlflowException as err:
+            if "UNIQUE constraint failed" not in str(err):
+                raise
+            log.info("%s was written by another process at the same time; retrying", what)
+            time.sleep(0.05 * attempt)
+    return call()
+
+
+def file_dataset_source(path: str) -> DatasetSource:
+    """MLflow's data set source for a local file, without its warning that the path is ambiguous."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    # Both candidates are local-file sources that resolve the path alike; the warning says nothing here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return resolve_dataset_source(Path(path).as_uri())
+
+
+def check_tracking_server(timeout: float = SERVER_TIMEOUT) -> None:
+    """Fails fast, naming the URI, when the tracking server does not answer.
+
+    Only HTTP(S) tracking URIs are probed; a database or a folder needs no server.
+
+    Raises:
+        PipelineError: Nothing answers at the tracking URI within `timeout` seconds.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answers; MLflow's own calls report what it says
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise PipelineError(
+            f"tracking server {uri} is unreachable ({reason}); start it or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def scoring_server_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with this interpreter's scripts first on PATH, where `mlflow models serve`
+    looks for `uvicorn`, also when the environment is not activated."""
+    return {**environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}"}
+
+
+def quiet_artifact_progress() -> None:
+    """Turns MLflow's artifact-download progress bars off, unless the user chose otherwise."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
