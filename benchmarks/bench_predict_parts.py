@@ -57,7 +57,7 @@ def main() -> None:
 
     from pipeline import data
     from pipeline.params import CHUNKSIZE
-    from pipeline.predict import model_predictions, score
+    from pipeline.predict import _read_ahead, model_predictions, score
 
     chunksize = args.chunksize or CHUNKSIZE.default
 
@@ -77,11 +77,15 @@ def main() -> None:
         timed("read in chunks (pyarrow) and validate", lambda: list(chunks()), args.repeat)
         timed(
             "score validated chunks",
-            lambda: [model_predictions(model, chunk[features]) for chunk in validated],
+            lambda: [model_predictions(model, chunk[features], str(path)) for chunk in validated],
             args.repeat,
         )
-        timed("score and write validated chunks", lambda: score(model, validated, output), args.repeat)
-        timed("predict's loop: read, validate, score, write", lambda: score(model, chunks(), output), args.repeat)
+        timed("score and write validated chunks", lambda: score(model, validated, output, str(path)), args.repeat)
+        timed(
+            "predict's loop: read ahead, validate, score, write",
+            lambda: score(model, _read_ahead(chunks()), output, str(path)),
+            args.repeat,
+        )
 
 
 if __name__ == "__main__":

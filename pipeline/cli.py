@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from pipeline import store
 from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError
-from pipeline.mlflow_compat import quiet_artifact_progress
+from pipeline.mlflow_compat import check_tracking_server, quiet_artifact_progress
 from pipeline.params import Param
 
 T = TypeVar("T")
@@ -90,18 +90,18 @@ def _signals_interrupt() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        # After a signal they stay ignored: a second one would kill the process before it exits
-        # with its code.
+        # The clean-up is done: whatever ran `run` in this process (pytest, the container, a
+        # notebook) can be stopped again as before.
         for signum, handler in previous.items():
-            if signal.getsignal(signum) is _raise_interrupted:
-                signal.signal(signum, handler)
+            signal.signal(signum, handler)
 
 
 def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool = True) -> int:
     """Runs a step, prints its report, and maps failures to exit codes.
 
     With `prepare_store`, the SQLite store of the tracking URI is created first, safely when many
-    processes start at once (`store.ensure_database`); commands that pick their own store pass False.
+    processes start at once (`store.ensure_database`), and a tracking server must answer at once
+    (`check_tracking_server`); commands that pick their own store pass False.
 
     A `PipelineError` (bad input, a gate that said no) is one line on stderr, without a
     traceback; an MLflow error is reported the same way. SIGTERM and SIGINT stop the step: its
@@ -118,6 +118,7 @@ def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool 
         try:
             if prepare_store:
                 store.ensure_database()
+                check_tracking_server()
             result = step()
         except KeyboardInterrupt as err:
             if not outermost:

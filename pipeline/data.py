@@ -6,8 +6,10 @@ the file is one more, for the header). Nothing is dropped, clipped or coerced si
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -56,7 +58,7 @@ class Dataset:
     y: pd.Series | None
     source: str
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """A content hash of features and target, to tell whether data changed."""
         frame = self.X if self.y is None else self.X.assign(**{TARGET: self.y})
@@ -114,8 +116,7 @@ def load(data: str | None, target: str = TARGET_REQUIRED) -> Dataset:
     """
     if not data or data == SKLEARN_SOURCE:
         return load_california()
-    frames = list(read_csv_chunks(data, target=target))
-    frame = pd.concat(frames) if len(frames) > 1 else frames[0]
+    (frame,) = read_csv_chunks(data, target=target)  # without a chunksize: the whole file, one frame
     return to_dataset(frame, source=str(Path(data).resolve()))
 
 
@@ -231,15 +232,19 @@ def _read_with_pandas(path: Path, target: str, chunksize: int | None, skip: int)
             # Columns of mixed types are named, with their row, by validate_frame.
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
             reader = pd.read_csv(path, chunksize=chunksize, encoding="utf-8") if chunksize else None
-            chunks = reader or [pd.read_csv(path, encoding="utf-8")]
-            rows = 0
-            for chunk in chunks:
-                rows += len(chunk)
-                if rows > skip:
-                    validate_frame(chunk, str(path))
-                    yield (
-                        chunk[_expected_columns(chunk.columns)].astype("float64").iloc[max(skip - chunk.index[0], 0) :]
-                    )
+            # The chunked reader keeps the file open: closed when the caller stops or a chunk is refused.
+            with contextlib.closing(reader) if reader else contextlib.nullcontext():
+                chunks = reader or [pd.read_csv(path, encoding="utf-8")]
+                rows = 0
+                for chunk in chunks:
+                    rows += len(chunk)
+                    if rows > skip:
+                        validate_frame(chunk, str(path))
+                        yield (
+                            chunk[_expected_columns(chunk.columns)]
+                            .astype("float64")
+                            .iloc[max(skip - chunk.index[0], 0) :]
+                        )
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: {_describe_encoding_error(path)} ({err.reason})") from None
     except pd.errors.EmptyDataError:

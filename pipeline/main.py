@@ -1,10 +1,10 @@
 """The `main` entry point, the default of `mlflow run .`: train → quantize → promote.
 
 One parent run with the steps as nested child runs (`train`, `quantize-int<bits>`, `promote`),
-all in this one process: a Python start with MLflow imported costs about 4 s here, so a process
-per step would add ~8 s to every pipeline and buy nothing (the steps share no state but the
-tracking store). Each step gets the exact versions the previous one made, never an alias, so
-pipelines running at the same time cannot pick up each other's models.
+all in this one process: a process per step would import MLflow three times over and buy
+nothing (docs/benchmarks.md measures the cost of a start). Train's checked and fitted data
+passes on in memory; each later step gets the exact versions the previous one made, never an
+alias, so pipelines running at the same time cannot pick up each other's models.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
-"""What train and quantize share when they log a model: its pinned requirements and file sizes."""
+"""What train and quantize share when they log a model: its serving code, pinned requirements and file sizes."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
+from pipeline import served_model
 from pipeline.config import MODEL_REQUIREMENTS
 from pipeline.errors import PipelineError
+
+# The file both logged models carry and MLflow runs to serve them.
+SERVED_CODE = Path(served_model.__file__)
 
 
 def model_requirements() -> list[str]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import ViewType
 from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
-from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 
@@ -106,7 +105,7 @@ def _experiment_roots() -> Iterator[Path]:
     database = store.sqlite_path(mlflow.get_tracking_uri())
     if database is not None and not database.exists():
         return
-    for experiment in MlflowClient().search_experiments(view_type=ViewType.ALL):
+    for experiment in mlflow.search_experiments(view_type=ViewType.ALL):  # every page, not the first 1,000
         location = experiment.artifact_location
         if location and is_local_uri(location):
             yield Path(local_file_uri_to_path(location))

@@ -8,6 +8,8 @@ was scored and the run was logged: a failure leaves neither a partial output fil
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -32,7 +34,6 @@ from pipeline import cli, data, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors
-from pipeline.mlflow_compat import check_tracking_server
 from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def predict(
             the held-out split recorded by the run that logged the model (`split.json`).
         output_path: Where to write the predictions (columns `prediction`, and `error` =
             prediction − MedHouseVal when the input carries it).
-        chunksize: About how many rows are read and scored at a time.
+        chunksize: How many rows are read and scored at a time.
         experiment_name: Experiment for a run started outside `mlflow run`.
         progress: Draw a progress bar on stderr; None draws it only when stderr is a terminal.
 
@@ -116,10 +117,9 @@ def predict(
         The run, the resolved version, rows, throughput, metrics and the first rows.
 
     Raises:
-        PipelineError: Unreachable tracking server, unknown alias or version, unusable
-            output path, an output that would replace the tracking database, an artifact,
-            the input or the held-out split's data (`pipeline.paths`), or a model without a
-            recorded split when no input is given.
+        PipelineError: Unknown alias or version, unusable output path, an output that would
+            replace the tracking database, an artifact, the input or the held-out split's data
+            (`pipeline.paths`), or a model without a recorded split when no input is given.
         DataError: The input cannot be used; the message names file, column and row.
     """
     CHUNKSIZE.check(chunksize)
@@ -128,44 +128,47 @@ def predict(
         raise PipelineError(f"output {output} is a folder; give a file name")
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
-    check_tracking_server()
     paths.check_output(output_path, _inputs(input_path, model_uri))
     version, load_uri = registry.pin(model_uri)
     batch = open_csv(input_path, chunksize) if input_path else None
-    model = mlflow.pyfunc.load_model(load_uri)
-    batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
-    if batch.data_file:
-        paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
-    show = sys.stderr.isatty() if progress is None else progress
     try:
-        handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    except OSError as err:
-        raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
-    os.close(handle)
-    try:
-        started = time.perf_counter()
-        with progress_bar(batch.total_rows, show) as bar:
-            n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
-        rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
-        metrics = errors.metrics()
-        resolved = f"version {version.version}" if version else "no registered version"
-        description = f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) into {output}."
-        with tracking.step_run("predict", "predict", description, experiment_name) as run:
-            # As given (`mlflow run` has already logged these as spelled), then as resolved.
-            tracking.log_params({"model_uri": model_uri, "input": input_path or "", "output": str(output_path)})
-            mlflow.log_params(
-                {
-                    "model_version": version.version if version else "",
-                    "model_run_id": model.metadata.run_id or "",
-                    "input_source": batch.source,
-                    "output_path": str(output),
-                    "chunksize": chunksize,
-                }
-            )
-            mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
-            _publish(temporary, output)
+        model = mlflow.pyfunc.load_model(load_uri)
+        batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
+        if batch.data_file:
+            paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
+        show = sys.stderr.isatty() if progress is None else progress
+        try:
+            handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        except OSError as err:
+            raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
+        try:
+            os.close(handle)
+            started = time.perf_counter()
+            with progress_bar(batch.total_rows, show) as bar:
+                n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
+            rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
+            metrics = errors.metrics()
+            resolved = f"version {version.version}" if version else "no registered version"
+            description = f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) into {output}."
+            with tracking.step_run("predict", "predict", description, experiment_name) as run:
+                # As given (`mlflow run` has already logged these as spelled), then as resolved.
+                tracking.log_params({"model_uri": model_uri, "input": input_path or "", "output": str(output_path)})
+                mlflow.log_params(
+                    {
+                        "model_version": version.version if version else "",
+                        "model_run_id": model.metadata.run_id or "",
+                        "input_source": batch.source,
+                        "output_path": str(output),
+                        "chunksize": chunksize,
+                    }
+                )
+                mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
+                _publish(temporary, output)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        if batch is not None:
+            batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
     log.info("scored %d rows at %.0f rows/s into %s", n_rows, rows_per_second, output)
     return PredictResult(
         run_id=run.info.run_id,
@@ -198,6 +201,7 @@ class Batch:
         total_rows: The row count, or an estimate, for the progress bar.
         seconds_read: Time already spent reading chunks, counted in the throughput.
         data_file: The CSV the held-out split was cut from, which the output must not replace.
+        reader: The open reader behind `chunks`, closed by `close`; None for rows in memory.
     """
 
     chunks: Iterable[pd.DataFrame]
@@ -205,6 +209,12 @@ class Batch:
     total_rows: int | None
     seconds_read: float = 0.0
     data_file: str | None = None
+    reader: Generator[pd.DataFrame, None, None] | None = None
+
+    def close(self) -> None:
+        """Closes the input file and stops the read-ahead thread, whether or not every row was read."""
+        if self.reader is not None:
+            self.reader.close()
 
 
 def open_csv(input_path: str, chunksize: int) -> Batch:
@@ -217,7 +227,8 @@ def open_csv(input_path: str, chunksize: int) -> Batch:
     chunks = _read_ahead(data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize))
     started = time.perf_counter()
     first = next(chunks)
-    return Batch(_prepend(first, chunks), str(path.resolve()), estimate_rows(path), time.perf_counter() - started)
+    rows = itertools.chain([first], chunks)
+    return Batch(rows, str(path.resolve()), estimate_rows(path), time.perf_counter() - started, reader=chunks)
 
 
 def held_out_split(run_id: str | None, model_uri: str) -> Batch:
@@ -271,25 +282,39 @@ def score(
                 columns = {PREDICTION: pred, ERROR: pred - y}
                 shown = {TARGET: y, **columns}
             table = pa.table(columns)
-            if writer is None:
-                writer = pa_csv.CSVWriter(path, table.schema, write_options=_CSV_OPTIONS)
-            writer.write_table(table)
+            with _writing(path):
+                writer = writer or pa_csv.CSVWriter(path, table.schema, write_options=_CSV_OPTIONS)
+                writer.write_table(table)
             if n_rows < SAMPLE_ROWS:
                 samples.append(pd.DataFrame({name: values[: SAMPLE_ROWS - n_rows] for name, values in shown.items()}))
             n_rows += len(chunk)
             if progress is not None:
                 progress.update(len(chunk))
         if writer is not None:
-            writer.close()
+            with _writing(path):
+                writer.close()
+            writer = None
         unusable.check(origin)
-    except (OSError, pa.ArrowException) as err:
-        raise PipelineError(f"cannot write predictions to {path}: {err}") from err
     finally:
-        if isinstance(chunks, Generator):
-            chunks.close()  # a failure closes the input file now, not when the reader is collected
+        if writer is not None:  # after a failure: the file is removed, and its close cannot hide the error
+            with contextlib.suppress(OSError, pa.ArrowException):
+                writer.close()
     if progress is not None:
         progress.total = n_rows  # the count, no longer an estimate
     return n_rows, errors, pd.concat(samples, ignore_index=True)
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Names the output's folder when the block cannot write the CSV at `path` (a full disk, a folder gone).
+
+    Raises:
+        PipelineError: On an OSError or pyarrow error in the block.
+    """
+    try:
+        yield
+    except (OSError, pa.ArrowException) as err:
+        raise PipelineError(f"cannot write predictions in {Path(path).parent}: {err}") from err
 
 
 def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin: str) -> np.ndarray:
@@ -372,14 +397,14 @@ class NonFinitePredictions:
 
 def _publish(temporary: str, output: Path) -> None:
     """Renames the finished file into place, with the permissions a new file would get."""
-    # NamedTemporaryFile creates files readable by their owner only.
+    # mkstemp creates files readable by their owner only.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, output)
 
 
-def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Generator[pd.DataFrame, None, None]:
     """`chunks`, each next one read on a thread while the caller scores the last.
 
     pyarrow parses without holding the GIL, so reading overlaps scoring and writing.
@@ -394,11 +419,6 @@ def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             if not ahead.cancel():
                 ahead.exception()  # waits: a generator running on the thread cannot be closed
             chunks.close()
-
-
-def _prepend(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    yield first
-    yield from rest
 
 
 def format_report(result: PredictResult) -> str:

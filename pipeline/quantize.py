@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, models, plots, registry, served_model, splits, tracking
+from pipeline import cli, data, models, plots, registry, splits, tracking
 from pipeline.config import ALIAS_QUANTIZED, CHALLENGER_URI, FEATURES, MODEL_ARTIFACT, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -34,7 +34,6 @@ from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
 
 log = logging.getLogger(__name__)
 
-MODEL_CODE = Path(served_model.__file__)
 SCHEME = "standardized-symmetric-adaptive-rounding-mse"
 SWEEP_BITS = (8, 6, 4, 3, 2)
 PARAMS = (QUANTIZE_MODEL_URI, BITS, SWEEP, EXPERIMENT_NAME)
@@ -290,7 +289,7 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
         params_path.write_text(params.to_json(), encoding="utf-8")
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=str(MODEL_CODE),
+            python_model=str(models.SERVED_CODE),
             artifacts={PARAMS_KEY: str(params_path)},
             signature=source.signature,
             input_example=split.X_train.head(5),

@@ -265,4 +265,7 @@ def _load_pyfunc(path: str) -> CheckedEstimator:
     return CheckedEstimator(mlflow.sklearn.load_model(path))
 
 
-mlflow.models.set_model(QuantizedLinearModel())
+# Only where MLflow runs this file as a model's code: imported as part of the package (by train,
+# quantize and the quantization math), it must not set MLflow's process-wide model.
+if __name__ != "pipeline.served_model":
+    mlflow.models.set_model(QuantizedLinearModel())

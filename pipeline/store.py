@@ -339,12 +339,14 @@ def run_command(command: list[str], tracking_uri: str) -> None:
     """Runs a command with `MLFLOW_TRACKING_URI` set, its output going straight to ours.
 
     A SIGTERM or SIGINT to this process (pipeline.cli) is passed on to the command, which is
-    waited for: it ends its runs through the server before the server stops.
+    waited for: it ends its runs through the server before the server stops. The command runs in
+    its own session, so a Ctrl-C in a terminal reaches it once, from here, not twice.
 
     Raises:
         CommandError: The command exited non-zero (its own error is already on stderr).
     """
-    with subprocess.Popen(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}) as process:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    with subprocess.Popen(command, env=env, start_new_session=True) as process:
         try:
             code = process.wait()
         except KeyboardInterrupt as err:

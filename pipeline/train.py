@@ -15,7 +15,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 from sklearn.linear_model import LinearRegression
 
-from pipeline import cli, data, datasets, models, plots, registry, served_model, splits, tracking
+from pipeline import cli, data, datasets, models, plots, registry, splits, tracking
 from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, TARGET
 from pipeline.errors import DataError
 from pipeline.metrics import float_param_bytes, regression_metrics
@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 # The file MLflow writes the fitted estimator to (skops format, MLflow 3 default).
 SKLEARN_MODEL_FILE = "model.skops"
-# The python_function loader of the float model, shared with the quantized model.
-SERVED_CODE = Path(served_model.__file__)
 
 
 class CheckedSklearnFlavor:
@@ -42,8 +40,8 @@ class CheckedSklearnFlavor:
     @staticmethod
     def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
         """Saves as `mlflow.sklearn.save_model` does, with `served_model.py` as the pyfunc loader."""
-        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(SERVED_CODE)], **kwargs)
-        mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MAIN] = SERVED_CODE.stem
+        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(models.SERVED_CODE)], **kwargs)
+        mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MAIN] = models.SERVED_CODE.stem
         mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
 
 

@@ -138,7 +138,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     ids=["non-numeric", "nan", "extra-field", "latin1"],
 )
 def test_chunks_report_the_files_row_not_the_blocks(tmp_path: Path, bad_row: str, expected: str) -> None:
-    # Blocks of about 4 rows are parsed on parallel threads: the error still names the file's row.
+    # In chunks of 4 rows, the error still names the file's row, not the chunk's.
     text = HEADER + "\n" + "\n".join([ROW] * 25 + [bad_row] + [ROW] * 5) + "\n"
     path = _write(tmp_path, text.encode("utf-8", "surrogateescape"))
     chunks = data.read_csv_chunks(path, chunksize=4)
@@ -160,7 +160,7 @@ def test_booleans_in_a_column_pandas_parsed_in_pieces_are_refused(tmp_path: Path
 
 
 def test_rows_with_an_extra_field_from_a_block_start_on_are_refused(tmp_path: Path) -> None:
-    # Wherever a block starts, pandas must not take the extra first field as a row label.
+    # Wherever a chunk starts, the extra first field must not be taken as a row label.
     rows = [ROW] * 12 + [f"{i}," + ROW for i in range(12)]
     path = _write(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
     for chunksize in (1, 3, 4, 12):

@@ -374,6 +374,8 @@ def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_pa
     assert len(read_output(tmp_path / "p.csv")) == 4128
 
     uri = f"http://127.0.0.1:{closed_port()}"
+    refused = f"error: tracking server {uri} is unreachable ([Errno 111] Connection refused); start it or set "
+    refused += "MLFLOW_TRACKING_URI"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     result = subprocess.run(
         [python, "-m", "pipeline", "predict", "--output", "q.csv"],
@@ -385,8 +387,10 @@ def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_pa
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: tracking server {uri} is unreachable ([Errno 111] Connection refused); start it or set "
-        "MLFLOW_TRACKING_URI"
-    ]
+    assert result.stderr.strip().splitlines() == [refused]
     assert not (tmp_path / "q.csv").exists()
+    # Every step asks first, not only predict.
+    result = subprocess.run(
+        [python, "-m", "pipeline", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [refused])

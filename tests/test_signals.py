@@ -230,3 +230,18 @@ def test_ctrl_c_while_the_libraries_load(tracking_uri: str, python: str, tmp_pat
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGINT")
     assert err.count("error:") == 1
     assert [r for r in runs() if r.info.status != "KILLED"] == []
+
+
+def test_run_hands_the_signals_back_after_stopping(capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process callers (the container, a notebook) can be stopped again after a step was."""
+    from pipeline import cli
+
+    before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
+
+    def step() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # interrupted long before
+
+    assert cli.run(step, report=print, prepare_store=False) == 143
+    assert capsys.readouterr().err == "error: stopped by SIGTERM; its open runs ended as KILLED\n"
+    assert {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS} == before
