@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import FrameType
 from typing import NoReturn, TypeVar
 
 from mlflow.exceptions import MlflowException
 
 from pipeline import store
 from pipeline.config import EXIT_ERROR
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, interruption
 from pipeline.mlflow_compat import check_tracking_server, quiet_artifact_progress
 from pipeline.params import Param
 
@@ -67,7 +69,33 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _depth = 0  # `run` calls in progress in this process; the outermost one handles the signals
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
+# Code in which a signal is put off for a moment (its calls take milliseconds): interrupted inside
+# SQLAlchemy, a write to a SQLite store can keep its lock on a connection nobody closes, and the
+# open runs could then not be ended as KILLED.
+_DEFERRED_IN = ("sqlalchemy.",)
+_RETRY_SECONDS = 0.05
+
+
+def _inside(frame: FrameType | None, packages: tuple[str, ...]) -> bool:
+    """Whether any frame of the stack from `frame` outwards runs code of `packages`."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(packages):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _send_again(signum: int) -> None:
+    if signal.getsignal(signum) is _raise_interrupted:  # still ours: the step has not ended meanwhile
+        os.kill(os.getpid(), signum)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    if _inside(frame, _DEFERRED_IN):
+        retry = threading.Timer(_RETRY_SECONDS, _send_again, (signum,))
+        retry.daemon = True
+        retry.start()
+        return
     # Only the first signal interrupts: a second one (a repeated Ctrl-C, `mlflow run` passing its
     # own interrupt on as SIGTERM) would break off the clean-up the first one started.
     for stop in STOP_SIGNALS:
@@ -120,17 +148,18 @@ def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool 
                 store.ensure_database()
                 check_tracking_server()
             result = step()
-        except KeyboardInterrupt as err:
+        except (KeyboardInterrupt, MlflowException) as err:
+            stop = interruption(err)
+            if stop is None:
+                print(f"error: MLflow: {err.message}", file=sys.stderr)
+                return EXIT_ERROR
             if not outermost:
                 raise
-            name, code = (err.signal_name, err.exit_code) if isinstance(err, Interrupted) else ("SIGINT", 130)
+            name, code = (stop.signal_name, stop.exit_code) if isinstance(stop, Interrupted) else ("SIGINT", 130)
             print(f"error: stopped by {name}; its open runs ended as KILLED", file=sys.stderr)
             return code
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
-        except MlflowException as err:
-            print(f"error: MLflow: {err.message}", file=sys.stderr)
-            return EXIT_ERROR
     report(result)
     return 0

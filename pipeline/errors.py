@@ -17,3 +17,18 @@ class RejectedError(PipelineError):
     """A gate said no (promotion or drift). Exits with code 3 so cron and CI fail visibly."""
 
     exit_code = EXIT_REJECTED
+
+
+def interruption(err: BaseException) -> KeyboardInterrupt | None:
+    """The SIGINT/SIGTERM (a KeyboardInterrupt, see `pipeline.cli`) behind `err`, if any.
+
+    Some of MLflow's code turns any exception it catches into one of its own, so the interrupt
+    can arrive as the cause or context of an `MlflowException`.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

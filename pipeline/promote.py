@@ -275,7 +275,10 @@ def _evaluate(
     Returns:
         The metrics under this project's keys, and one message per threshold it failed.
     """
-    with mlflow.start_run(run_name=f"evaluate-{label}-v{version.version}", nested=True) as run:
+    with (
+        mlflow.start_run(run_name=f"evaluate-{label}-v{version.version}", nested=True) as run,
+        tracking.killed_on_interrupt(),
+    ):
         mlflow.set_tags({"step": "evaluate", "model_version": str(version.version), "candidate": label})
         result = mlflow.models.evaluate(
             model=registry.version_uri(version),

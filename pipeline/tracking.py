@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import mlflow_compat
 from pipeline.config import EXPERIMENT_NAME
+from pipeline.errors import interruption
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,31 @@ def step_run(
     else:
         ensure_experiment(experiment_name)
         context = mlflow.start_run(run_name=run_name, description=description)
-    with context as run:
-        try:
-            if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
-                _check_cli_experiment(run, experiment_name)
-            tags = {"step": step}
-            commit = git_commit()
-            if commit:
-                tags["git_commit"] = commit
-            mlflow.set_tags(tags)
-            yield run
-        except KeyboardInterrupt:
-            # SIGINT or SIGTERM (pipeline.cli): the run was stopped, it did not fail. Ended here,
-            # before the `with` would end it as FAILED; an enclosing step run does the same.
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    with context as run, killed_on_interrupt():
+        if os.environ.get("MLFLOW_RUN_ID") == run.info.run_id:
+            _check_cli_experiment(run, experiment_name)
+        tags = {"step": step}
+        commit = git_commit()
+        if commit:
+            tags["git_commit"] = commit
+        mlflow.set_tags(tags)
+        yield run
+
+
+@contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """Ends the active run as KILLED when SIGINT or SIGTERM (pipeline.cli) stops the block.
+
+    Use it inside `with mlflow.start_run(...)`: the run was stopped, it did not fail, and it is
+    ended before that `with` would end it as FAILED; an enclosing run does the same.
+    """
+    try:
+        yield
+    except BaseException as err:
+        if interruption(err) is None:
             raise
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
 
 
 def _check_cli_experiment(run: mlflow.ActiveRun, experiment_name: str) -> None:
