@@ -11,6 +11,7 @@ import csv
 import errno
 import functools
 import hashlib
+import math
 import os
 import re
 import stat
@@ -390,14 +391,18 @@ def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
             f"{dataset.source}: {n_rows} data row(s) are too few to split into training and "
             f"test sets (need at least {MIN_ROWS})"
         )
+    # The sizes train_test_split gives (ceil for the test set), checked before it refuses an
+    # empty side with a traceback.
+    n_test = math.ceil(test_size * n_rows)
+    n_train = n_rows - n_test
+    if n_train <= len(FEATURES) or n_test < 2:
+        raise DataError(
+            f"{dataset.source}: test_size={test_size} on {n_rows} rows leaves {n_train} "
+            f"training and {n_test} test rows: too few on one side"
+        )
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X, dataset.y, test_size=test_size, random_state=random_state
     )
-    if len(X_train) <= len(FEATURES) or len(X_test) < 2:
-        raise DataError(
-            f"{dataset.source}: test_size={test_size} on {n_rows} rows leaves {len(X_train)} "
-            f"training and {len(X_test)} test rows: too few on one side"
-        )
     return Split(X_train, X_test, y_train, y_test)
 
 

@@ -52,6 +52,11 @@ def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path]] = 
     """
     target = Path(os.path.realpath(output))
     identity = _identity(Path(output))
+    if target.exists() and not target.is_file() and not target.is_dir():
+        # A device or a FIFO would be replaced by a regular file (as root, even /dev/null).
+        raise PipelineError(
+            f"output {output} is not a regular file (a device or a FIFO); nothing was written, choose another file"
+        )
     # Device and inode of every existing folder above the output: a folder reached through a
     # bind mount or another name is still the same folder.
     folders = {_identity(parent) for parent in target.parents} - {None}
@@ -95,6 +100,9 @@ def _database_files(database: Path) -> Iterator[Protected]:
     yield Protected(database, "the tracking database")
     for suffix in SQLITE_SIDE_FILES:
         yield Protected(database.with_name(database.name + suffix), "a file of the tracking database")
+    # Replaced by a new file, a lock held on the old one would no longer keep others out.
+    for suffix in (store.SCHEMA_LOCK_SUFFIX, store.PROMOTE_LOCK_SUFFIX):
+        yield Protected(database.with_suffix(suffix), "a lock file of the tracking database")
 
 
 def _experiment_roots() -> Iterator[Path]:

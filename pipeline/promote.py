@@ -340,7 +340,7 @@ def _promotion_lock() -> Iterator[None]:
     if database is None:
         yield
         return
-    with store.exclusive_lock(database.with_suffix(".promote.lock")):
+    with store.exclusive_lock(database.with_suffix(store.PROMOTE_LOCK_SUFFIX)):
         yield
 
 

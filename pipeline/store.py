@@ -47,6 +47,8 @@ START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
 # Next to the database: `mlflow.db` -> `mlflow.schema.lock`.
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
+# Next to the database: `mlflow.db` -> `mlflow.promote.lock` (pipeline.promote).
+PROMOTE_LOCK_SUFFIX = ".promote.lock"
 
 
 def backend_uri(root: Path) -> str:

@@ -348,6 +348,18 @@ def test_too_few_rows_to_split(tmp_path: Path, synthetic_frame: pd.DataFrame) ->
         data.split(data.load(str(path)), test_size=0.2, random_state=42)
 
 
+@pytest.mark.parametrize(
+    ("test_size", "n_train", "n_test"), [(0.99999, 0, 20640), (0.9999, 2, 20638), (0.00001, 20639, 1)]
+)
+def test_a_test_size_that_leaves_a_side_too_small_is_one_line(
+    california: data.Dataset, test_size: float, n_train: int, n_test: int
+) -> None:
+    # 0.99999 of 20,640 rows used to reach scikit-learn, whose refusal was a traceback.
+    message = rf"test_size={test_size} on 20640 rows leaves {n_train} training and {n_test} test rows"
+    with pytest.raises(DataError, match=message):
+        data.split(california, test_size=test_size, random_state=42)
+
+
 def test_target_optional_for_scoring(tmp_path: Path, synthetic_frame: pd.DataFrame) -> None:
     path = tmp_path / "features.csv"
     synthetic_frame[list(FEATURES)].to_csv(path, index=False)

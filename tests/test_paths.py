@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +84,22 @@ CASES: dict[str, Callable[[Path], tuple[str, str]]] = {
         "the artifact root",
     ),
     "default artifact root ./mlruns": lambda d: (_mlruns("mlruns/p.csv"), "the artifact root"),
+    "schema lock": lambda d: (_touch("mlflow.schema.lock"), "a lock file of the tracking database"),
+    "promote lock": lambda d: (_touch("mlflow.promote.lock"), "a lock file of the tracking database"),
+    "a FIFO": lambda d: (_special("pipe", stat.S_IFIFO), "not a regular file"),
+    # As root, writing the output would have replaced /dev/null itself.
+    "a device": lambda d: (_special("null", stat.S_IFCHR, os.makedev(1, 3)), "not a regular file"),
 }
+
+
+def _touch(name: str) -> str:
+    Path(name).touch()
+    return name
+
+
+def _special(name: str, kind: int, device: int = 0) -> str:
+    os.mknod(name, kind | 0o666, device)
+    return name
 
 
 def _mlruns(spelling: str) -> str:
