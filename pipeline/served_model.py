@@ -61,6 +61,14 @@ def checked_features(model_input: Any, features: Sequence[str]) -> np.ndarray:
             (±Infinity, or a number like 1e309 that float64 cannot hold) or non-numeric cell.
     """
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    index = frame.index
+    if isinstance(index, pd.MultiIndex) or index.dtype.kind not in "iu":
+        # pandas (MLflow's CSV parser) takes the first fields of rows longer than the header as
+        # row labels, shifting every value to another column.
+        raise _refuse(
+            f"row 1: the rows carry labels ({index[0]!r}): a CSV row with more fields than the header? "
+            "Send exactly the header's fields"
+        )
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise _refuse(f"input lacks column(s) {', '.join(missing)}")

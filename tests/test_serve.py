@@ -350,6 +350,16 @@ def test_a_prediction_that_overflows_gets_a_400_naming_the_row(server: Server, b
     assert "row 3: the prediction overflows float64" in response.json()["message"]
 
 
+@pytest.mark.parametrize("extra", [",5.5", ",5,6"], ids=["one trailing field", "two trailing fields"])
+def test_a_csv_row_longer_than_the_header_gets_a_400(server: Server, batch: pd.DataFrame, extra: str) -> None:
+    # pandas would take the row's first fields as labels and shift every value to another column.
+    header, *rows = batch.head(2).to_csv(index=False).splitlines()
+    lines = [header, *(row + extra for row in rows)]  # a longer first row: else pandas refuses (a 400)
+    response = invoke(server, "\n".join(lines) + "\n", "text/csv")
+    assert response.status_code == 400, response.text[:2000]
+    assert "a CSV row with more fields than the header?" in response.json()["message"]
+
+
 def test_mlflow_reads_booleans_and_numeric_strings_as_numbers(server: Server, batch: pd.DataFrame) -> None:
     """Pins MLflow 3.17.2: its scoring server casts JSON cells to the signature's double before the
     model runs, so `true` arrives as 1.0 and "1.0" as 1.0, and the model cannot tell them apart.
