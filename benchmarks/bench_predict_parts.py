@@ -57,7 +57,8 @@ def main() -> None:
 
     from pipeline import data
     from pipeline.params import CHUNKSIZE
-    from pipeline.predict import _read_ahead, model_predictions, score
+    from pipeline.predict import _read_ahead, score
+    from pipeline.scoring import model_predictions
 
     chunksize = args.chunksize or CHUNKSIZE.default
 

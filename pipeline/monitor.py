@@ -26,7 +26,7 @@ from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
 from pipeline.params import BATCH, EXPERIMENT_NAME, FAIL_ON_DRIFT, MIN_BATCH, MODEL_URI, REFERENCE
-from pipeline.predict import model_predictions
+from pipeline.scoring import model_predictions
 
 log = logging.getLogger(__name__)
 

@@ -21,20 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
 
 from pipeline import cli, data, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
-from pipeline.errors import DataError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
 from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
+from pipeline.scoring import NonFinitePredictions, raw_predictions
 
 log = logging.getLogger(__name__)
 
@@ -315,84 +314,6 @@ def _writing(path: str) -> Iterator[None]:
         yield
     except (OSError, pa.ArrowException) as err:
         raise PipelineError(f"cannot write predictions in {Path(path).parent}: {err}") from err
-
-
-def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin: str) -> np.ndarray:
-    """One finite float64 prediction per row, whatever container the model's flavor returns.
-
-    Args:
-        model: The loaded model.
-        X: The feature columns; its index + 1 is the data row in the file.
-        origin: Where the rows come from, named in errors.
-
-    Raises:
-        PipelineError: The model returned something else than one number per row.
-        DataError: A prediction is infinite or NaN (finite features so extreme that the model's
-            sum overflows); names the first such row and how many there are.
-    """
-    values = raw_predictions(model, X)
-    unusable = NonFinitePredictions()
-    unusable.add(values, X.index)
-    unusable.check(origin)
-    return values
-
-
-def raw_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
-    """The model's predictions as one float64 per row, finite or not.
-
-    Raises:
-        PipelineError: The model returned something else than one number per row.
-    """
-    # An overflow is reported, with its row, by NonFinitePredictions, not as numpy's warning.
-    with np.errstate(over="ignore", invalid="ignore"):
-        try:
-            raw = model.predict(X)
-        except MlflowException as err:
-            # This project's models refuse predictions that overflow (served_model.checked_predictions)
-            # and carry them on the error, so that the rows are named and counted as for any model.
-            raw = getattr(err, "predictions", None)
-            if raw is None:
-                raise
-    values = np.asarray(raw.to_numpy() if isinstance(raw, pd.DataFrame | pd.Series) else raw, dtype="float64")
-    if values.size != len(X):
-        raise PipelineError(f"the model returned {values.shape} values for {len(X)} rows, expected one per row")
-    return values.reshape(-1)
-
-
-@dataclass
-class NonFinitePredictions:
-    """Rows whose prediction is infinite or NaN, counted across chunks.
-
-    Attributes:
-        first_row: The first such data row (1-based, as in the file), None when there is none.
-        first_value: Its prediction.
-        count: How many rows so far.
-    """
-
-    first_row: int | None = None
-    first_value: float = 0.0
-    count: int = 0
-
-    def add(self, values: np.ndarray, index: pd.Index) -> None:
-        """Counts the non-finite `values`; `index` + 1 are their data rows."""
-        bad = ~np.isfinite(values)
-        n_bad = int(bad.sum())
-        if n_bad and self.first_row is None:
-            at = int(np.argmax(bad))
-            self.first_row, self.first_value = int(index[at]) + 1, float(values[at])
-        self.count += n_bad
-
-    def check(self, origin: str) -> None:
-        """Raises when any row was counted.
-
-        Raises:
-            DataError: Naming `origin`, the first row, its prediction and the count.
-        """
-        if self.count:
-            raise DataError(
-                f"{origin}: row {self.first_row}: the model's prediction is {self.first_value} "
-                f"({self.count} such row(s)); features this extreme overflow the model"
-            )
 
 
 def _publish(temporary: str, output: Path) -> None:

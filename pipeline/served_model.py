@@ -115,7 +115,7 @@ def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.Dat
             f"row {row + 1}: the prediction overflows float64 ({predictions[row]}); its values are too large "
             f"({int(overflow.sum())} such row(s))"
         )
-        # `pipeline.predict` scores a file in chunks: it reads the predictions from the error to
+        # `pipeline.scoring` names rows of a file scored in chunks: it reads the predictions from the error to
         # name the file's row and count such rows across all chunks.
         error.predictions = predictions
         raise error

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +15,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import data, examples
 from pipeline.config import EXIT_ERROR, FEATURES, TARGET
+from pipeline.mlflow_compat import scoring_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -147,7 +147,7 @@ def test_the_readme_command_makes_them(tmp_path: Path) -> None:
     """The command as the README shows it, in a fresh folder, with this interpreter's environment."""
     shown = [line for line in commands(ROOT / "README.md") if line.startswith(MAKE)]
     assert shown == [MAKE]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = scoring_server_env(os.environ)  # this interpreter's `python` first on PATH
     done = subprocess.run(["bash", "-c", shown[0]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert {p.name for p in (tmp_path / examples.DEFAULT_DIR).iterdir()} == NAMES

@@ -18,6 +18,7 @@ import requests
 
 from pipeline import data
 from pipeline.config import MODEL_NAME, PREDICTION
+from pipeline.mlflow_compat import scoring_server_env
 from pipeline.predict import predict
 from pipeline.store import START_TIMEOUT, free_port, stop
 from pipeline.store import wait_until_up as wait_for_url
@@ -43,7 +44,7 @@ def launch(alias: str, store: Store, log: Path) -> tuple[subprocess.Popen[bytes]
     bin_dir = Path(sys.executable).parent
     port = free_port()
     # The server execs `uvicorn` from PATH: it must be this environment's.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = scoring_server_env({**os.environ, "MLFLOW_TRACKING_URI": store.uri})
     command = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@{alias}"]
     with log.open("wb") as sink:
         process = subprocess.Popen(
