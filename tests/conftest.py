@@ -44,6 +44,15 @@ class Store:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
+def engine_missing(what: str, install: str) -> None:
+    """A test needs an engine beyond Python (PostgreSQL, Spark's Java) that could not be started: under CI
+    (`CI=true`) that is a failure, never a skip; elsewhere the skip says exactly what to install."""
+    message = f"{what} could not be started; install it with: {install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def activate(store: Store) -> None:
     """Points this process, and the subprocesses it starts, at `store`."""
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
