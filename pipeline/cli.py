@@ -19,19 +19,31 @@ from mlflow.exceptions import MlflowException
 from pipeline import store
 from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError, interruption
-from pipeline.mlflow_compat import check_tracking_server, quiet_artifact_progress
-from pipeline.params import Param
+from pipeline.mlflow_compat import check_tracking_server, quiet_artifact_progress, quiet_mlflow
+from pipeline.params import VERBOSE, Param
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
+# Parameters of every step, added to each command line here: the step functions do not take them.
+COMMON_PARAMS = (VERBOSE,)
+_verbose = False  # `--verbose` of the command line parsed last in this process
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error said in one line (as every other bad input is), exit code 2."""
+    """argparse, with a usage error said in one line (as every other bad input is), exit code 2,
+    and `--verbose` taken out of the parsed arguments (it sets the logging of `run`)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        global _verbose
+        parsed, rest = super().parse_known_args(args, namespace)
+        _verbose = vars(parsed).pop(VERBOSE.argument, False)
+        return parsed, rest
 
 
 def build_parser(step: str, description: str, params: Sequence[Param]) -> argparse.ArgumentParser:
@@ -40,15 +52,20 @@ def build_parser(step: str, description: str, params: Sequence[Param]) -> argpar
     Each flag's destination is the step function's argument, so `step(**vars(args))` runs it.
     """
     parser = _Parser(prog=f"python -m pipeline {step}", description=description)
-    for param in params:
+    for param in (*params, *COMMON_PARAMS):
         param.add_to(parser)
     return parser
 
 
-def configure_logging() -> None:
-    """Step messages at INFO on stderr; other libraries' log lines at WARNING, MLflow's download bars off."""
+def configure_logging(verbose: bool | None = None) -> None:
+    """Warnings and errors only on stderr, unless `--verbose` asked for the INFO lines of the
+    steps and of MLflow (its messages about registering models too); MLflow's download bars and
+    its "View run" links off (a link to a temporary server outlives the server)."""
+    verbose = _verbose if verbose is None else verbose
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("pipeline").setLevel(level)
+    quiet_mlflow(verbose)
     quiet_artifact_progress()
 
 

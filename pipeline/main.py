@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import mlflow
 
-from pipeline import cli, tracking
-from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHAMPION_URI
+from pipeline import cli, links, tracking
+from pipeline.config import ALIAS_CHALLENGER, ALIAS_QUANTIZED, CHAMPION_URI, MODEL_NAME
 from pipeline.params import (
     BITS,
     DATA,
@@ -39,6 +39,7 @@ class PipelineResult:
     """The parent run and what each step produced."""
 
     run_id: str
+    experiment_id: str
     train: TrainResult
     quantize: QuantizeResult
     promote: PromoteResult
@@ -107,7 +108,7 @@ def run_pipeline(
         )
         mlflow.set_tag("champion_version", promoted.champion)
         mlflow.log_metrics({"champion_version": float(promoted.champion)})
-    return PipelineResult(run.info.run_id, trained, quantized, promoted)
+    return PipelineResult(run.info.run_id, run.info.experiment_id, trained, quantized, promoted)
 
 
 def report(result: PipelineResult) -> None:
@@ -117,7 +118,14 @@ def report(result: PipelineResult) -> None:
     print(f"quantize: {q.model_uri} test R² {q.metrics['test_r2']:.4f} (r2_delta {q.metrics['r2_delta']:+.6f})")
     print("promote:")
     report_promotion(result.promote)
-    print(f"serve it: mlflow models serve -m {CHAMPION_URI} --env-manager local")
+    tracking_uri = mlflow.get_tracking_uri()
+    ui = links.locate(tracking_uri)
+    print(f"compare them:  {links.compare_page(ui.base, result.experiment_id, [t.run_id, q.run_id])}")
+    print(f"champion:      {links.model_version_page(ui.base, MODEL_NAME, result.promote.champion)}")
+    print(f"all model runs: {links.runs_page(ui.base, result.experiment_id)}")
+    if ui.command:
+        print(f"open the UI first: {ui.command}")
+    print(f"serve it: {links.serve_hint(tracking_uri, CHAMPION_URI)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,16 @@ Here:
   `predict`'s own bar), terminal or not, so a step's one-line error came after several bar
   lines. Its documented switch `MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR` turns them off unless
   the user set it. Delete when MLflow draws them only on a terminal.
+- `quiet_mlflow`, `registry_messages`: MLflow logs at INFO through its own handler
+  (`utils/logging_utils.py` `_configure_mlflow_loggers`, level from `MLFLOW_LOGGING_LEVEL`),
+  and `tracking/_model_registry/fluent.py` `_register_model` prints "Successfully registered
+  model", "Created version" with `eprint`, which no level governs; only switching MLflow's
+  logging stream off (`disable_logging`) silences them, and that stream carries its warnings
+  too, so it is off only while a version is registered. `_log_url` of
+  `tracking/_tracking_service/client.py` writes "View run ... at" links to stdout when a run
+  ends on a server (`MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT` turns them off): for
+  `pipeline.store`'s temporary server they name a server that is gone when they are read; the
+  steps print links that outlive it (`pipeline.links`). Delete when `eprint` follows the level.
 
 Elsewhere (the code stays with its caller):
 - `pipeline.store.ensure_database`: `SqlAlchemyStore.__init__` of `store/tracking/` and
@@ -82,7 +92,8 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -230,3 +241,24 @@ def scoring_server_env(environ: Mapping[str, str]) -> dict[str, str]:
 def quiet_artifact_progress() -> None:
     """Turns MLflow's artifact-download progress bars off, unless the user chose otherwise."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def quiet_mlflow(verbose: bool) -> None:
+    """MLflow's log lines at WARNING unless `verbose`; its "View run" links off unless the user chose."""
+    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+@contextmanager
+def registry_messages() -> Iterator[None]:
+    """MLflow's printed registration messages, only when its INFO lines are shown."""
+    from mlflow.utils import logging_utils
+
+    if logging.getLogger("mlflow").isEnabledFor(logging.INFO) or not logging_utils.MLFLOW_LOGGING_STREAM.enabled:
+        yield
+        return
+    logging_utils.disable_logging()
+    try:
+        yield
+    finally:
+        logging_utils.enable_logging()

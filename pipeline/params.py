@@ -195,3 +195,5 @@ REFERENCE = Param(
 FAIL_ON_DRIFT = Param("fail_on_drift", parse_bool, False, "exit with code 3 when drift is found, after logging")
 # Fewer rows than this and the drift tests have too little to go on.
 MIN_BATCH = Param("min_batch", int, 200, "fewest rows accepted in the batch and the reference", low=1)
+# Every step takes it (`pipeline.cli` adds it to each command line, MLproject to each entry point).
+VERBOSE = Param("verbose", parse_bool, False, "show the INFO log lines of the steps and of MLflow on stderr")

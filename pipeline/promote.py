@@ -116,11 +116,16 @@ def choose(candidates: Sequence[Candidate], quantized_tolerance: float) -> tuple
         best_quantized = max(quantized, key=lambda c: c.metrics["test_r2"])
         gap = best_float.metrics["test_r2"] - best_quantized.metrics["test_r2"]
         if gap <= quantized_tolerance:
-            standing = f"scores {-gap:.6f} test R² above" if gap < 0 else f"is within {quantized_tolerance} test R² of"
-            return best_quantized, (
-                f"{best_quantized.label} v{best_quantized.version.version} is quantized and {standing} "
-                f"{best_float.label} v{best_float.version.version} (gap {gap:.6f}); smaller and cheaper to serve"
-            )
+            q = f"{best_quantized.label} v{best_quantized.version.version}"
+            f = f"{best_float.label} v{best_float.version.version}"
+            if gap < 0:
+                standing = f"scores {-gap:.6f} higher test R² than {f}"
+            elif gap == 0:
+                standing = f"scores the same test R² as {f}"
+            else:
+                standing = f"trails {f} by {gap:.6f} test R², within the tolerance of {quantized_tolerance}"
+            kind = best_quantized.version.tags["quantization"]
+            return best_quantized, f"{q} ({kind}) {standing}, and is smaller and cheaper to serve"
         if best is best_float:
             return best, (
                 f"{best.label} v{best.version.version} has the best test R² {best.metrics['test_r2']:.6f}; "

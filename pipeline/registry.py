@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_QUANTIZED, MODEL_NAME
 from pipeline.errors import PipelineError
-from pipeline.mlflow_compat import retry_lost_race
+from pipeline.mlflow_compat import registry_messages, retry_lost_race
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
     Returns:
         The new model version.
     """
-    version = mlflow.register_model(model_uri, MODEL_NAME, tags={k: str(v) for k, v in tags.items()})
+    with registry_messages():
+        version = mlflow.register_model(model_uri, MODEL_NAME, tags={k: str(v) for k, v in tags.items()})
     set_alias(alias, version.version)
     log.info("registered %s version %s, alias %r", MODEL_NAME, version.version, alias)
     return version

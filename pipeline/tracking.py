@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Experiment, RunStatus
 from mlflow.tracking import MlflowClient
 
-from pipeline import mlflow_compat
+from pipeline import links, mlflow_compat
 from pipeline.config import EXPERIMENT_NAME
 from pipeline.errors import interruption
 
@@ -40,7 +40,21 @@ def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
     """
     experiment = mlflow_compat.activate_experiment(name)
     mlflow_compat.check_artifact_root(experiment.artifact_location, name)
+    mark_model_training(experiment)
     return experiment.experiment_id
+
+
+def mark_model_training(experiment: Experiment) -> None:
+    """Tags the experiment as a model-training one and saves the UI's comparison view in it
+    (`pipeline.links`); an experiment made before these tags existed gets them on its next run."""
+    tags = {
+        links.EXPERIMENT_KIND_TAG: links.EXPERIMENT_KIND,
+        links.SHARED_VIEW_TAG_PREFIX + links.COMPARISON_VIEW: links.comparison_view(),
+    }
+    client = MlflowClient()
+    for key, value in tags.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 @contextmanager
@@ -100,6 +114,7 @@ def _check_cli_experiment(run: mlflow.ActiveRun, experiment_name: str) -> None:
     """Checks the experiment `mlflow run` chose: its artifact root, and that it is ours."""
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
     mlflow_compat.check_artifact_root(experiment.artifact_location, experiment.name)
+    mark_model_training(experiment)
     if experiment.name != experiment_name:
         log.warning(
             "this run is in experiment %r, chosen by 'mlflow run'; pass "

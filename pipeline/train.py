@@ -16,7 +16,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 from sklearn.linear_model import LinearRegression
 
 from pipeline import cli, data, datasets, models, plots, registry, splits, tracking
-from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, TARGET
+from pipeline.config import ALIAS_CHALLENGER, FEATURES, MODEL_ARTIFACT, SKLEARN_SOURCE, TARGET
 from pipeline.errors import DataError
 from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.params import DATA, EXPERIMENT_NAME, RANDOM_STATE, TEST_SIZE
@@ -228,6 +228,15 @@ def train(
     return log_training(prepare(data_path, test_size, random_state), experiment_name)
 
 
+def run_name(fitted: Fitted) -> str:
+    """What tells this train run from the others in the UI: its data and its split."""
+    data_label = "sklearn data" if fitted.dataset.source == SKLEARN_SOURCE else Path(fitted.dataset.source).name
+    words = ["train", data_label, f"split {fitted.random_state}"]
+    if fitted.test_size != TEST_SIZE.default:
+        words.append(f"test {fitted.test_size:g}")
+    return " · ".join(words)
+
+
 def log_training(fitted: Fitted, experiment_name: str = EXPERIMENT_NAME.default) -> TrainResult:
     """Logs what `prepare` computed as a train run and registers the model as `challenger`, last.
 
@@ -239,7 +248,7 @@ def log_training(fitted: Fitted, experiment_name: str = EXPERIMENT_NAME.default)
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
         f"test R² {metrics['test_r2']:.4f} on {len(split.X_test)} held-out rows."
     )
-    with tracking.step_run("train", run_name="train", description=description, experiment_name=experiment_name) as run:
+    with tracking.step_run("train", run_name(fitted), description, experiment_name) as run:
         tracking.log_params(
             {
                 "test_size": test_size,
