@@ -141,12 +141,16 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool = True) -> int:
+def run(
+    step: Callable[[], T], report: Callable[[T], None], prepare_store: bool = True, reads_models: bool = False
+) -> int:
     """Runs a step, prints its report, and maps failures to exit codes.
 
     With `prepare_store`, the SQLite store of the tracking URI is created first, safely when many
     processes start at once (`store.ensure_database`), and a tracking server must answer at once
-    (`check_tracking_server`); commands that pick their own store pass False.
+    (`check_tracking_server`); commands that pick their own store pass False. A step that
+    `reads_models` from the registry refuses a SQLite store that does not exist, creating nothing:
+    a new store holds no model.
 
     A `PipelineError` (bad input, a gate that said no) is one line on stderr, without a
     traceback; an MLflow error is reported the same way. SIGTERM and SIGINT stop the step: its
@@ -161,6 +165,8 @@ def run(step: Callable[[], T], report: Callable[[T], None], prepare_store: bool 
     outermost = _depth == 0
     with _signals_interrupt():
         try:
+            if reads_models:
+                store.require_database()
             if prepare_store:
                 store.ensure_database()
                 check_tracking_server()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline import mlflow_compat, store
+from pipeline import links, mlflow_compat, store
 from pipeline.config import ALIAS_CHAMPION, MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(
         lambda: run(args.tracking_dir, pipeline_args),
         report=lambda output: print(
-            f"Predictions: {output}\nTracking directory: {args.tracking_dir} (open it with: "
-            f"{' '.join(store.server_command(args.tracking_dir))})"
+            f"Predictions: {output}\nTracking directory: {args.tracking_dir} (open the UI on it with: "
+            f"{links.directory_ui_command(args.tracking_dir)})"
         ),
         prepare_store=False,
     )

@@ -120,11 +120,15 @@ def report(result: PipelineResult) -> None:
     report_promotion(result.promote)
     tracking_uri = mlflow.get_tracking_uri()
     ui = links.locate(tracking_uri)
-    print(f"compare them:  {links.compare_page(ui.base, result.experiment_id, [t.run_id, q.run_id])}")
-    print(f"champion:      {links.model_version_page(ui.base, MODEL_NAME, result.promote.champion)}")
-    print(f"all model runs: {links.runs_page(ui.base, result.experiment_id)}")
-    if ui.command:
-        print(f"open the UI first: {ui.command}")
+    print(f"MLflow UI (start it first: {ui.command}):" if ui.command else f"MLflow UI at {ui.base}:")
+    champion = result.promote.champion
+    pages = {
+        "float vs quantized run": links.compare_page(ui.base, result.experiment_id, [t.run_id, q.run_id]),
+        f"champion, version {champion}": links.model_version_page(ui.base, MODEL_NAME, champion),
+        "every model run": links.runs_page(ui.base, result.experiment_id),
+    }
+    for label, url in pages.items():
+        print(f"  {label + ':':<26}{url}")
     print(f"serve it: {links.serve_hint(tracking_uri, CHAMPION_URI)}")
 
 

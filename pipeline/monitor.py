@@ -347,4 +347,5 @@ def main(argv: list[str] | None = None) -> int:
         report=lambda result: print(
             f"{result.findings} in {result.n_rows} rows (run {result.run_id}, {REPORT_ARTIFACT})"
         ),
+        reads_models=True,
     )

@@ -379,4 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the step from the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return cli.run(lambda: predict(**vars(args)), report=lambda result: print(format_report(result)))
+    return cli.run(
+        lambda: predict(**vars(args)),
+        report=lambda result: print(format_report(result)),
+        reads_models=True,
+    )

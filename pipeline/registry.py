@@ -82,6 +82,7 @@ def resolve(model_uri: str) -> ModelVersion | None:
     if alias:
         version = version_by_alias(alias, name)
         if version is None:
+            _check_model_exists(name)
             hint = _ALIAS_SOURCE.get(alias) if name == MODEL_NAME else None
             fix = f"; run '{hint}' to set it" if hint else ""
             raise PipelineError(f"registered model {name!r} has no alias {alias!r}{fix}")
@@ -90,6 +91,19 @@ def resolve(model_uri: str) -> ModelVersion | None:
         return MlflowClient().get_model_version(name, number)
     except MlflowException:
         raise PipelineError(f"registered model {name!r} has no version {number}") from None
+
+
+def _check_model_exists(name: str) -> None:
+    """Raises PipelineError naming the store when it has no registered model `name` at all."""
+    try:
+        MlflowClient().get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PipelineError(
+            f"the tracking store {mlflow.get_tracking_uri()} holds no model {name!r}; run the pipeline "
+            "first (python -m pipeline main), or set MLFLOW_TRACKING_URI to the store that holds it"
+        ) from None
 
 
 def version_uri(version: ModelVersion) -> str:

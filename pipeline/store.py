@@ -115,6 +115,27 @@ def ensure_database(uri: str | None = None) -> None:
         raise PipelineError(f"cannot create the tracking database {path}: {err.strerror or err}") from None
 
 
+def require_database(uri: str | None = None) -> None:
+    """Refuses a SQLite store that does not exist yet, before MLflow would create it on opening it.
+
+    Raises:
+        PipelineError: The file is missing; the message says where it looked. Nothing is created.
+    """
+    import mlflow
+
+    from pipeline.config import MODEL_NAME
+
+    uri = uri or mlflow.get_tracking_uri()
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    raise PipelineError(
+        f"the tracking store {uri} holds no model {MODEL_NAME!r}: there is no {path.resolve()}; "
+        "nothing was created. Run the pipeline first (python -m pipeline main), here or with "
+        "MLFLOW_TRACKING_URI set to the store to use"
+    )
+
+
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on the file `path` (created if missing) while the block runs.
