@@ -40,8 +40,8 @@ CHROMIUM_FLAGS = [
 ]
 # Runs whose artifact (run name, path in the run) becomes a README picture (file name).
 PLOTS = {
-    "predicted_vs_actual.png": ("train", "plots/predicted_vs_actual.png"),
-    "residuals.png": ("train", "plots/residuals.png"),
+    "predicted_vs_actual.png": ("train · sklearn data · split 42", "plots/predicted_vs_actual.png"),
+    "residuals.png": ("train · sklearn data · split 42", "plots/residuals.png"),
     "quantized_vs_float.png": ("quantize-int8", "plots/quantized_vs_float.png"),
     "coefficients_float_vs_quantized.png": ("quantize-int8", "plots/coefficients.png"),
     "frontier.png": ("quantize-sweep", "plots/frontier.png"),

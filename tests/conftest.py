@@ -257,3 +257,57 @@ def synthetic_frame() -> pd.DataFrame:
 def python() -> str:
     """The interpreter running the tests, to start entry points with."""
     return sys.executable
+
+
+# --- UI links (issue #14): one pipeline run on the default store of a fresh folder, and the MLflow UI over it ---
+
+
+@dataclass(frozen=True)
+class UiPipeline:
+    """What `python -m pipeline main` printed, run in `root` with MLflow's default store (`root/mlflow.db`)."""
+
+    root: Path
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def ui_pipeline(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> UiPipeline:
+    import subprocess
+
+    root = tmp_path_factory.mktemp("ui-pipeline")
+    shutil.copy(empty_db, root / "mlflow.db")
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "main"], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return UiPipeline(root, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_pipeline: UiPipeline) -> Iterator[str]:
+    """The `mlflow ui` command the pipeline printed, as printed but on a free port; yields its URL."""
+    import re
+    import shlex
+    import subprocess
+
+    from pipeline import store
+
+    (command,) = re.findall(r"^MLflow UI \(start it first: (.+)\):$", ui_pipeline.stdout, re.M)
+    argv = shlex.split(command)
+    assert argv[:2] == ["mlflow", "ui"] and argv[-2:] == ["--port", "5000"]
+    port = store.free_port()
+    argv = [str(Path(sys.executable).with_name("mlflow")), *argv[1:-1], str(port)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log_file = ui_pipeline.root / "ui.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        store.wait_until_up(f"{url}/health", process, store.START_TIMEOUT, log_file)
+        yield url
+    finally:
+        store.stop(process)

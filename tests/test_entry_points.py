@@ -29,7 +29,7 @@ def test_mlflow_run_train_lands_in_the_experiment(tracking_uri: str, python: str
     version = registry.version_by_alias(ALIAS_CHALLENGER)
     run_ = MlflowClient().get_run(version.run_id)
     assert MlflowClient().get_experiment(run_.info.experiment_id).name == EXPERIMENT_NAME
-    assert run_.data.tags["mlflow.runName"] == "train"
+    assert run_.data.tags["mlflow.runName"] == "train · sklearn data · split 42"
     assert run_.data.tags["mlflow.project.entryPoint"] == "train"
     assert run_.data.metrics["test_r2"] == pytest.approx(0.575788, abs=5e-6)
 

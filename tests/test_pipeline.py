@@ -57,7 +57,11 @@ def test_mlflow_run_default_entry_point_then_again_in_process(tracking_uri: str,
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"
     assert parent.data.tags["mlflow.runName"] == "pipeline"
     children = _runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert [c.data.tags["mlflow.runName"] for c in children] == ["train", "quantize-int8", "promote"]
+    assert [c.data.tags["mlflow.runName"] for c in children] == [
+        "train · sklearn data · split 42",
+        "quantize-int8",
+        "promote",
+    ]
     assert all(c.info.status == "FINISHED" for c in [parent, *children])
     first_champion = registry.version_by_alias(ALIAS_CHAMPION)
     assert first_champion.tags["quantization"] == "int8"
@@ -70,7 +74,7 @@ def test_mlflow_run_default_entry_point_then_again_in_process(tracking_uri: str,
     second_reason = MlflowClient().get_run(second.promote.run_id).data.tags["decision.reason"]
     # Same parameters, same models, same decision: only the version numbers differ.
     assert first_reason.replace("v1", "vA").replace("v2", "vB") == second_reason.replace("v3", "vA").replace("v4", "vB")
-    for step in ("train", "quantize-int8"):
+    for step in ("train · sklearn data · split 42", "quantize-int8"):
         runs = _runs(f"tags.mlflow.runName = '{step}'")
         assert len(runs) == 2
         assert {k: runs[0].data.metrics[k] for k in SAME_METRICS} == {k: runs[1].data.metrics[k] for k in SAME_METRICS}

@@ -193,7 +193,7 @@ def test_mlflow_run_stopped_mid_pipeline(
     # passes the status string to RunStatus.is_terminated, which expects a number, so it always
     # overwrites. An MLflow that fixes this makes the SIGINT case KILLED too.
     assert statuses.pop("pipeline") == parent_status
-    assert "train" in statuses
+    assert "train · sklearn data · split 42" in statuses
     assert set(statuses.values()) == {"KILLED"}
     # `mlflow run` makes an empty --storage-dir folder for every run and never removes it.
     assert [p for p in step.temp.rglob("*") if not p.is_dir()] == []
@@ -219,7 +219,7 @@ def test_store_wrapper_passes_sigterm_on(python: str, tmp_path: Path, empty_db: 
     assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM; its open runs ended as KILLED"
     assert "Traceback" not in err
     assert statuses.get("pipeline") == "KILLED"
-    assert "train" in statuses
+    assert "train · sklearn data · split 42" in statuses
     assert set(statuses.values()) == {"KILLED"}
     assert list(step.temp.iterdir()) == []
 

@@ -44,12 +44,18 @@ def test_moved_directory_opens_with_runs_artifacts_and_champion(container_run, t
             experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
             runs = client.search_runs([experiment.experiment_id])
             by_name = {run.info.run_name: run for run in runs}
-            assert {"pipeline", "train", "quantize-int8", "promote", "predict"} <= set(by_name)
+            assert {"pipeline", "train · sklearn data · split 42", "quantize-int8", "promote", "predict"} <= set(
+                by_name
+            )
             # Nothing points at the old place: every run's artifacts live behind the server.
             assert all(run.info.artifact_uri.startswith("mlflow-artifacts:/") for run in runs)
-            assert by_name["train"].data.metrics["test_r2"] == pytest.approx(0.575788, abs=1e-6)
+            assert by_name["train · sklearn data · split 42"].data.metrics["test_r2"] == pytest.approx(
+                0.575788, abs=1e-6
+            )
 
-            plot = client.download_artifacts(by_name["train"].info.run_id, "plots/predicted_vs_actual.png", tmp_path)
+            plot = client.download_artifacts(
+                by_name["train · sklearn data · split 42"].info.run_id, "plots/predicted_vs_actual.png", tmp_path
+            )
             assert Path(plot).read_bytes()[:8] == PNG_SIGNATURE
 
             aliases = client.get_registered_model(MODEL_NAME).aliases
