@@ -57,11 +57,16 @@ def build_parser(step: str, description: str, params: Sequence[Param]) -> argpar
     return parser
 
 
+def verbose_requested() -> bool:
+    """Whether the command line parsed last in this process asked for `--verbose`."""
+    return _verbose
+
+
 def configure_logging(verbose: bool | None = None) -> None:
     """Warnings and errors only on stderr, unless `--verbose` asked for the INFO lines of the
     steps and of MLflow (its messages about registering models too); MLflow's download bars and
     its "View run" links off (a link to a temporary server outlives the server)."""
-    verbose = _verbose if verbose is None else verbose
+    verbose = verbose_requested() if verbose is None else verbose
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     level = logging.INFO if verbose else logging.WARNING
     logging.getLogger("pipeline").setLevel(level)

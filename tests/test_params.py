@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import main, monitor, params, predict, promote, quantize, train
+from pipeline import cli, main, monitor, params, predict, promote, quantize, train
 from pipeline.__main__ import STEPS
 from pipeline.errors import PipelineError
 from pipeline.params import (
@@ -67,6 +67,19 @@ def step_params(step: str) -> tuple[Param, ...]:
     return importlib.import_module(f"pipeline.{step}").PARAMS
 
 
+def entry_params(step: str) -> tuple[Param, ...]:
+    """The step's parameters and those every step takes (`--verbose`), in MLproject's order."""
+    return (*step_params(step), *cli.COMMON_PARAMS)
+
+
+def parsed_value(parsed: dict[str, Any], param: Param) -> Any:
+    """A parsed parameter: the step function's argument, or what `cli` kept of a common one."""
+    if param in cli.COMMON_PARAMS:
+        assert param.argument not in parsed  # the step functions do not take it
+        return cli.verbose_requested()
+    return parsed[param.argument]
+
+
 def parse(step: str, argv: list[str]) -> argparse.Namespace:
     return importlib.import_module(f"pipeline.{step}").build_parser().parse_args(argv)
 
@@ -99,7 +112,7 @@ def test_every_step_is_an_entry_point() -> None:
 @pytest.mark.parametrize("step", STEPS)
 def test_mlproject_names_types_and_defaults_agree_with_the_parameters(step: str) -> None:
     entry = entry_points()[step]["parameters"]
-    expected = {p.name: p for p in step_params(step) if p.name not in NOT_IN_MLPROJECT}
+    expected = {p.name: p for p in entry_params(step) if p.name not in NOT_IN_MLPROJECT}
     assert list(entry) == list(expected)
     for name, param in expected.items():
         spec = entry[name]
@@ -116,13 +129,16 @@ def test_mlproject_command_passes_each_parameter_to_its_own_flag(step: str) -> N
     entry = entry_points()[step]["parameters"]
     defaults = {name: spec.get("default", REQUIRED.get(name)) for name, spec in entry.items()}
     # With MLproject's defaults, the command parses to the command line's defaults.
-    assert vars(parse(step, mlproject_argv(step, defaults))) == vars(parse(step, _required_flags(step)))
+    from_mlproject = vars(parse(step, mlproject_argv(step, defaults)))
+    verbose = cli.verbose_requested()
+    assert from_mlproject == vars(parse(step, _required_flags(step)))
+    assert verbose is cli.verbose_requested() is False
     # With a different value for each parameter, each one arrives at its own argument.
-    by_name = {p.name: p for p in step_params(step)}
+    by_name = {p.name: p for p in entry_params(step)}
     values = {name: other_value(by_name[name]) for name in entry}
     parsed = vars(parse(step, mlproject_argv(step, values)))
     for name, text in values.items():
-        assert parsed[by_name[name].argument] == by_name[name].type(text), name
+        assert parsed_value(parsed, by_name[name]) == by_name[name].type(text), name
 
 
 def _required_flags(step: str) -> list[str]:
@@ -153,7 +169,7 @@ def test_help_states_each_range_and_default(step: str, capsys: pytest.CaptureFix
         parse(step, ["--help"])
     assert exit_.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
-    for param in step_params(step):
+    for param in entry_params(step):
         assert param.flag in shown
         if param.allowed():
             assert param.allowed() in shown
