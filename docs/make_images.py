@@ -3,8 +3,9 @@
     python docs/make_images.py [--out docs/images]
 
 Runs the whole pipeline into a fresh tracking directory, through a local tracking server on
-127.0.0.1, and photographs the server's UI in headless Chromium (the runs table with the float
-and quantized runs side by side, the registered model with its aliases); then adds an int8..int2
+127.0.0.1, and photographs in headless Chromium the UI pages its summary links to, as a user
+opens them (the runs table in the saved comparison view, the comparison of the float and
+quantized runs, the champion's version page); then adds an int8..int2
 quantization sweep and a drift check on a one-region batch, and copies the plots all those runs
 logged.
 
@@ -23,13 +24,14 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline import store, tracking
+from pipeline import links, splits, store
 from pipeline.config import EXPERIMENT_NAME, MODEL_NAME, TARGET
 from pipeline.main import PipelineResult, run_pipeline
 from pipeline.monitor import monitor
 from pipeline.quantize import quantize
 
 CHROMIUM_FLAGS = [
+    "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-background-networking",
@@ -52,7 +54,7 @@ PLOTS = {
 def make_more_runs(pipeline: PipelineResult, work: Path) -> None:
     """Adds a quantization sweep and a drift check on one region (rows north of 37°N)."""
     quantize(pipeline.train.model_uri, bits=8, sweep=True)
-    split, _ = tracking.load_split(pipeline.train.run_id)
+    split, _ = splits.load_split(pipeline.train.run_id)
     held_out = split.X_test.assign(**{TARGET: split.y_test})
     batch = work / "north_of_37.csv"
     held_out[held_out["Latitude"] > 37].to_csv(batch, index=False)
@@ -74,50 +76,47 @@ def copy_plots(out: Path) -> None:
             print(f"{out / file_name}  <- run {run_name!r}, {artifact}")
 
 
-def screenshots(url: str, out: Path) -> None:
-    """Photographs the runs table and the registered model page of the UI at `url`."""
+def screenshots(url: str, pipeline: PipelineResult, out: Path) -> None:
+    """Photographs the pages the pipeline's summary links to, as they open: nothing is clicked."""
     from playwright.sync_api import sync_playwright
 
-    experiment_id = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_FLAGS
+    experiment = pipeline.experiment_id
+    pages = {
+        # file name: (link, text the page shows once loaded, viewport height)
+        "mlflow-runs.png": (links.runs_page(url, experiment), "quantize-int8", 420),
+        "mlflow-compare.png": (
+            links.compare_page(url, experiment, [pipeline.train.run_id, pipeline.quantize.run_id]),
+            "Show diff only",
+            None,
+        ),
+        "mlflow-model.png": (
+            links.model_version_page(url, MODEL_NAME, pipeline.promote.champion),
+            "promotion.reason",
+            760,
+        ),
+    }
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        browser = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 760},
         )
-        context = browser.new_context(viewport={"width": 1600, "height": 520})
-        # The assistant panel opens itself on a first visit and would cover the table.
-        context.add_init_script(
+        # MLflow's assistant panel opens itself on a first visit, over a quarter of the page; a
+        # user closes it once with its X.
+        browser.add_init_script(
             "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
             "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
         )
-        page = context.new_page()
-        page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-        page.get_by_text("Model training").first.click()
-        # Train and quantize runs are the ones that log param_bytes: the float/quantized pair.
-        search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
-        search.wait_for()
-        search.fill("metrics.param_bytes > 0")
-        search.press("Enter")
-        page.wait_for_timeout(2000)
-        page.get_by_role("button", name="Columns").click()
-        for attribute in ("Dataset", "Source", "Models"):
-            page.get_by_text(attribute, exact=True).last.click()
-        column_search = page.get_by_placeholder("Search columns")
-        for metric in ("test_r2", "test_mse", "test_mae", "r2_delta", "param_bytes", "model_size_bytes"):
-            column_search.fill(metric)
-            page.get_by_text(metric, exact=True).last.click()
-        page.keyboard.press("Escape")
-        # Unfold the `pipeline` parent run to show its `train` and `quantize-int8` children.
-        page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").first.click()
-        page.get_by_text("quantize-int8", exact=True).wait_for()
-        page.wait_for_timeout(1000)
-        page.screenshot(path=out / "mlflow-runs.png")
-        page.set_viewport_size({"width": 1600, "height": 760})
-        page.goto(f"{url}/#/models/{MODEL_NAME}")
-        page.get_by_text("Version 2", exact=True).wait_for()
-        page.wait_for_timeout(1000)
-        page.screenshot(path=out / "mlflow-model.png")
+        page = browser.new_page()
+        for file_name, (link, loaded, height) in pages.items():
+            page.set_viewport_size({"width": 1600, "height": height or 760})
+            page.goto(link)
+            page.get_by_text(loaded, exact=True).first.wait_for()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=out / file_name, full_page=height is None)
+            print(f"{out / file_name}  <- {link}")
         browser.close()
-    print(f"{out / 'mlflow-runs.png'}\n{out / 'mlflow-model.png'}")
 
 
 def main() -> None:
@@ -131,7 +130,7 @@ def main() -> None:
             os.environ["MLFLOW_TRACKING_URI"] = url
             mlflow.set_tracking_uri(url)
             pipeline = run_pipeline()
-            screenshots(url, args.out)
+            screenshots(url, pipeline, args.out)
             make_more_runs(pipeline, work)
             copy_plots(args.out)
 

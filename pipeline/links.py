@@ -110,6 +110,8 @@ def comparison_view() -> str:
             "orderByAsc": False,
             "selectedColumns": columns,
             "columnOrder": columns,
+            # Wide enough for every digit MLflow logged.
+            "columnWidths": dict.fromkeys(columns, 160),
         }
     )
 

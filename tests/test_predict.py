@@ -258,12 +258,21 @@ def test_unknown_alias_or_version(scoring: str, tmp_path: Path, model_uri: str, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_champion_names_the_command(tracking_uri: str, tmp_path: Path) -> None:
+def test_missing_champion_names_the_command(trained: str, tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as err:
         predict(output_path=tmp_path / "out.csv")
     assert str(err.value) == (
         f"registered model '{MODEL_NAME}' has no alias 'champion'; run 'python -m pipeline promote "
         "(or the whole pipeline: mlflow run .)' to set it"
+    )
+
+
+def test_a_store_without_the_model_says_so_and_where(tracking_uri: str, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as err:
+        predict(output_path=tmp_path / "out.csv")
+    assert str(err.value) == (
+        f"the tracking store {tracking_uri} holds no model '{MODEL_NAME}'; run the pipeline first "
+        "(python -m pipeline main), or set MLFLOW_TRACKING_URI to the store that holds it"
     )
 
 
