@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+
+from pipeline import cli, examples
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -105,10 +108,67 @@ def test_readme_parameters_match_the_mlproject() -> None:
     import yaml
 
     entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    # A parameter every step takes (--verbose) is written once in the README, not in each table.
+    common = {param.name for param in cli.COMMON_PARAMS}
     mlproject = {
-        step: {name: None if "default" not in spec else str(spec["default"]) for name, spec in ep["parameters"].items()}
+        step: {
+            name: None if "default" not in spec else str(spec["default"])
+            for name, spec in ep["parameters"].items()
+            if name not in common
+        }
         for step, ep in entry_points.items()
     }
     readme = readme_parameters()
     assert set(readme) == {"train", "quantize", "promote", "predict", "monitor"}
     assert readme == {step: mlproject[step] for step in readme}
+
+
+# Flags whose value is a file a README command reads, and the one that names a file it writes.
+INPUT_FLAGS = ("--data", "--input", "--batch", "--reference")
+OUTPUT_FLAG = "--output"
+
+
+def readme_commands(text: str) -> list[list[str]]:
+    """Every command of the page's bash blocks, in order, as words (continued lines joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(shlex.split(line))
+    return commands
+
+
+def unmade_inputs(text: str, examples_made: list[str]) -> list[str]:
+    """The input files a page's commands read that neither exist in the repository nor are made by
+    an earlier command of the page (`python -m pipeline.examples`, or another command's --output)."""
+    made: set[str] = set()
+    missing = []
+    for words in readme_commands(text):
+        if words[:3] == ["python", "-m", "pipeline.examples"]:
+            made.update(f"examples/{name}" for name in examples_made)
+        inputs = [words[i + 1] for i, word in enumerate(words[:-1]) if word in INPUT_FLAGS]
+        inputs += [word[1:] for word in words if word.startswith("@")]
+        missing += [path for path in inputs if path not in made and not (ROOT / path).is_file()]
+        made.update(words[i + 1] for i, word in enumerate(words[:-1]) if word == OUTPUT_FLAG)
+    return missing
+
+
+def test_every_readme_input_exists_or_is_made_first(california) -> None:
+    names = [example.name for example in examples.build(california)]
+    text = (ROOT / "README.md").read_text()
+    assert unmade_inputs(text, names) == []
+    # The commands that read the examples are there to be checked.
+    used = {word for words in readme_commands(text) for word in words}
+    assert {"examples/my_houses.csv", "examples/new_houses.csv", "examples/shift.csv"} <= used
+
+
+def test_an_input_used_before_it_is_made_is_found() -> None:
+    page = (
+        "```bash\npython -m pipeline train --data examples/my_houses.csv\n```\n"
+        "```bash\npython -m pipeline.examples\n"
+        "python -m pipeline predict --input examples/my_houses.csv --output scored.csv\n"
+        "curl -s http://127.0.0.1:5001/invocations \\\n  --data-binary @scored.csv\n"
+        "python -m pipeline monitor --batch missing.csv   # a comment --batch nothing.csv\n```\n"
+    )
+    assert unmade_inputs(page, ["my_houses.csv"]) == ["examples/my_houses.csv", "missing.csv"]
