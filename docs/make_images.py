@@ -4,10 +4,10 @@
 
 Runs the whole pipeline into a fresh tracking directory, through a local tracking server on
 127.0.0.1, and photographs in headless Chromium the UI pages its summary links to, as a user
-opens them (the runs table in the saved comparison view, the comparison of the float and
-quantized runs, the champion's version page); then adds an int8..int2
-quantization sweep and a drift check on a one-region batch, and copies the plots all those runs
-logged.
+opens them: the runs table in the saved comparison view and the champion's version page (the
+compare-runs page shows 3 decimals in a 7-row box, where the runs table shows every digit).
+Then it adds an int8..int2 quantization sweep and a drift check on a one-region batch, and
+copies the plots all those runs logged.
 
 Needs Playwright (`pip install -e ".[docs]"`) and a Chromium (Debian: `apt-get install
 chromium`; set CHROMIUM to use another binary). Playwright only drives it: nothing is downloaded.
@@ -82,13 +82,8 @@ def screenshots(url: str, pipeline: PipelineResult, out: Path) -> None:
 
     experiment = pipeline.experiment_id
     pages = {
-        # file name: (link, text the page shows once loaded, viewport height)
+        # file name: (link, text the page shows once loaded, height of the picture)
         "mlflow-runs.png": (links.runs_page(url, experiment), "quantize-int8", 420),
-        "mlflow-compare.png": (
-            links.compare_page(url, experiment, [pipeline.train.run_id, pipeline.quantize.run_id]),
-            "Show diff only",
-            None,
-        ),
         "mlflow-model.png": (
             links.model_version_page(url, MODEL_NAME, pipeline.promote.champion),
             "promotion.reason",
@@ -110,11 +105,11 @@ def screenshots(url: str, pipeline: PipelineResult, out: Path) -> None:
         )
         page = browser.new_page()
         for file_name, (link, loaded, height) in pages.items():
-            page.set_viewport_size({"width": 1600, "height": height or 760})
+            page.set_viewport_size({"width": 1600, "height": height})
             page.goto(link)
             page.get_by_text(loaded, exact=True).first.wait_for()
             page.wait_for_timeout(1500)
-            page.screenshot(path=out / file_name, full_page=height is None)
+            page.screenshot(path=out / file_name)
             print(f"{out / file_name}  <- {link}")
         browser.close()
 
