@@ -29,6 +29,7 @@ from pipeline import store
 WORKFLOW_QUERY = "workflowType=machine_learning"
 UI_PORT = 5000
 LOCAL_UI = f"http://127.0.0.1:{UI_PORT}"
+SERVE_PORT = 5001
 # MLflow's experiment tag for the kind the UI shows an experiment as (model training, not GenAI).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -118,7 +119,8 @@ def comparison_view() -> str:
 
 def serve_hint(tracking_uri: str, model_uri: str) -> str:
     """The `mlflow models serve` command for `model_uri` that works as printed, in this folder."""
-    command = f"mlflow models serve -m {model_uri} --env-manager local"
+    # Port 5001: the UI's links use 5000.
+    command = f"mlflow models serve -m {model_uri} --env-manager local -h 127.0.0.1 -p {SERVE_PORT}"
     directory = os.environ.get(store.DIR_ENV)
     if directory and tracking_uri.startswith(("http://", "https://")):
         # The server that logged the run is gone; one over the same directory serves the models again.

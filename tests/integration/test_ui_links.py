@@ -128,9 +128,8 @@ def test_the_summary_is_quiet_and_says_the_decision_in_one_sentence(ui_pipeline:
         "champion is now california-housing v2: quantized v2 (int8) scores 0.000214 higher test R² than "
         "challenger v1, and is smaller and cheaper to serve\n" in ui_pipeline.stdout
     )
-    assert "serve it: mlflow models serve -m models:/california-housing@champion --env-manager local\n" in (
-        ui_pipeline.stdout
-    )
+    serve = "mlflow models serve -m models:/california-housing@champion --env-manager local -h 127.0.0.1 -p 5001"
+    assert f"serve it: {serve}\n" in (ui_pipeline.stdout)
 
 
 def test_verbose_shows_the_lines_the_default_leaves_out(tmp_path: Path) -> None:
