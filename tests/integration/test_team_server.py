@@ -81,9 +81,10 @@ def history(
         )
         concurrent_seconds = time.perf_counter() - started
         print(f"\n{PIPELINES} pipelines + {PROMOTES} promotes at once on PostgreSQL: {concurrent_seconds:.1f} s")
+        # Both only read the champion: at once, as a scheduler would start them.
         predict = [*step, "predict", "--input", str(folder / "batch.csv"), "--output", str(folder / "out.csv")]
-        _all_succeed([_run(predict, folder)])
-        _all_succeed([_run([*step, "monitor", "--batch", str(folder / "batch.csv"), "--min-batch", "100"], folder)])
+        monitor = [*step, "monitor", "--batch", str(folder / "batch.csv"), "--min-batch", "100"]
+        _all_succeed([_run(predict, folder), _run(monitor, folder)])
         yield History(team_server, folder, concurrent_seconds, pd.read_csv(folder / "out.csv"), batch)
 
 
@@ -99,7 +100,9 @@ def test_every_step_and_mlflow_run_log_through_the_server(history: History) -> N
     for run in runs:
         by_step[run.data.tags["step"]] = by_step.get(run.data.tags["step"], 0) + 1
     # train, quantize, promote alone; 4 × (main, train, quantize, promote); 2 promotes; predict; monitor.
-    assert by_step == {"train": 5, "quantize": 5, "promote": 7, "main": 4, "predict": 1, "monitor": 1}
+    # Each promote evaluates its 2 candidates and the champion, except the first (no champion yet).
+    expected = {"train": 5, "quantize": 5, "promote": 7, "main": 4, "predict": 1, "monitor": 1, "evaluate": 20}
+    assert by_step == expected
     assert {r.info.status for r in runs} == {"FINISHED"}
     (first,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "train"]
     assert first.data.tags["mlflow.runName"] == "train"
