@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import registry, store
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME
 from pipeline.errors import PipelineError, RejectedError
+from pipeline.lease import HOLDER_TAG, LEASE_NAME, promotion_lease
 from pipeline.promote import Candidate, choose, promote, rollback
 
 
@@ -136,3 +137,14 @@ def test_each_decision_records_the_champion_it_judged_and_leaves_no_lease(traine
     # The lease exists only while a promotion runs; no lock file is left beside the database.
     assert [m.name for m in client.search_registered_models()] == [MODEL_NAME]
     assert not list(Path(store.sqlite_path(mlflow.get_tracking_uri())).parent.glob("*.lock"))
+
+
+def test_a_holder_that_lost_the_lease_is_stopped_and_leaves_the_new_holders_lease(tracking_uri: str) -> None:
+    client = MlflowClient()
+    with promotion_lease() as held:
+        # What a take-over does to a holder stopped longer than the lease's TTL.
+        client.delete_registered_model(LEASE_NAME)
+        client.create_registered_model(LEASE_NAME, tags={HOLDER_TAG: "elsewhere:1:abc"})
+        with pytest.raises(PipelineError, match=r"lost the promotion lease .* \(now held by elsewhere:1:abc\)"):
+            held.check_held()
+    assert client.get_registered_model(LEASE_NAME).tags[HOLDER_TAG] == "elsewhere:1:abc"
