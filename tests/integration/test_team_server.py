@@ -2,9 +2,10 @@
 
 One PostgreSQL and one server serve the whole module (fixtures `team_server`/`team` in
 tests/conftest.py). `history` runs, through that server and as separate processes:
-`mlflow run . -e train`, `quantize`, `promote`, then four pipelines and two promotes at once,
-then `predict` and `monitor` on the resulting champion; the tests read what it left. The lease
-tests drive `pipeline.lease` from processes that share nothing but the server's URL.
+`mlflow run . -e train`, `quantize`, `promote`, then four pipelines (one of them `mlflow run .`)
+and two promotes at once, then `predict` and `monitor` on the resulting champion; the tests read
+what it left. The lease tests drive `pipeline.lease` from processes that share nothing but the
+server's URL.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def history(
         for command in ([*project, "-e", "train"], [*step, "quantize"], [*step, "promote"]):
             _all_succeed([_run(command, folder)])
         started = time.perf_counter()
+        # One of the pipelines is the project's default entry point, `mlflow run .`, as a scheduler starts it.
         _all_succeed(
-            [_run([*step, "main"], folder) for _ in range(PIPELINES)]
+            [_run(project, folder)]
+            + [_run([*step, "main"], folder) for _ in range(PIPELINES - 1)]
             + [_run([*step, "promote"], folder) for _ in range(PROMOTES)]
         )
         concurrent_seconds = time.perf_counter() - started
@@ -106,6 +109,9 @@ def test_every_step_and_mlflow_run_log_through_the_server(history: History) -> N
     assert {r.info.status for r in runs} == {"FINISHED"}
     (first,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "train"]
     assert first.data.tags["mlflow.runName"] == "train"
+    (project,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+    assert project.data.tags["mlflow.runName"] == "pipeline"
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == project.info.run_id]) == 3
     # Proxied artifacts: every run's artifacts are behind the server, in its --artifacts-destination.
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)
     logged = store.local_artifact_path(history.server.root, first.info.artifact_uri) / "split.json"
