@@ -64,9 +64,9 @@ Elsewhere (the code stays with its caller):
   column name`) and can leave it half-migrated. Delete when SqlAlchemyStore initializes under a lock (check:
   six processes opening one new file with MLflow alone all succeed, as tests/test_store.py
   `test_processes_started_at_once_on_the_default_store_create_it_whole` does with it).
-- `pipeline.promote._promotion_lock`: the registry has no compare-and-set for an alias, so two
-  promotions could both read champion vN and both move it; promote holds an exclusive lock
-  beside the SQLite store while it reads, decides and moves (no lock exists for a server).
+- `pipeline.lease`: the registry has no compare-and-set for an alias, so two promotions could
+  both read champion vN and both move it; promote holds a lease in the registry itself (a
+  registered model created atomically) while it reads, decides and moves, on any store.
 - `pipeline.train.CheckedSklearnFlavor`: `sklearn/__init__.py` `save_model` always writes
   `mlflow.sklearn` as the python_function loader, with no option to name another; the flavor
   saves as it does, then points the MLmodel's loader at `served_model.py`.

@@ -101,8 +101,7 @@ def _database_files(database: Path) -> Iterator[Protected]:
     for suffix in SQLITE_SIDE_FILES:
         yield Protected(database.with_name(database.name + suffix), "a file of the tracking database")
     # Replaced by a new file, a lock held on the old one would no longer keep others out.
-    for suffix in (store.SCHEMA_LOCK_SUFFIX, store.PROMOTE_LOCK_SUFFIX):
-        yield Protected(database.with_suffix(suffix), "a lock file of the tracking database")
+    yield Protected(database.with_suffix(store.SCHEMA_LOCK_SUFFIX), "a lock file of the tracking database")
 
 
 def _experiment_roots() -> Iterator[Path]:

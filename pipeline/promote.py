@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import mlflow
@@ -30,10 +29,11 @@ from mlflow.models import MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, datasets, registry, splits, store, tracking
+from pipeline import cli, datasets, registry, splits, tracking
 from pipeline.config import ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME, TARGET
 from pipeline.data import Split
 from pipeline.errors import PipelineError, RejectedError
+from pipeline.lease import Lease, promotion_lease
 from pipeline.params import CANDIDATES, EXPERIMENT_NAME, MAX_R2_DROP, MIN_R2, QUANTIZED_TOLERANCE, ROLLBACK
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ def promote(
                 "quantized_tolerance": quantized_tolerance,
             }
         )
-        with _promotion_lock():
-            result = _decide(run.info.run_id, versions, eval_data, min_r2, max_r2_drop, quantized_tolerance)
+        with promotion_lease() as lease:
+            result = _decide(run.info.run_id, lease, versions, eval_data, min_r2, max_r2_drop, quantized_tolerance)
         decision = "promoted" if result.changed else ("rejected" if result.rejected else "unchanged")
         mlflow.set_tags(
             {
@@ -219,8 +219,8 @@ def rollback(experiment_name: str = EXPERIMENT_NAME.default) -> PromoteResult:
     with tracking.step_run(
         "promote", run_name="rollback", description="Rollback of the champion", experiment_name=experiment_name
     ) as run:
-        with _promotion_lock():
-            current = registry.version_by_alias(ALIAS_CHAMPION)
+        with promotion_lease() as lease:
+            current = _judged_against(lease)
             previous = registry.version_by_alias(ALIAS_PREVIOUS_CHAMPION)
             if previous is None or current is None:
                 raise PipelineError(
@@ -228,6 +228,7 @@ def rollback(experiment_name: str = EXPERIMENT_NAME.default) -> PromoteResult:
                     "(it is set when promote replaces a champion)"
                 )
             reason = f"rollback: champion v{current.version} -> v{previous.version}"
+            lease.check_held()
             _move_champion(run.info.run_id, winner=previous, current=current, reason=reason)
         mlflow.set_tags({"decision": "rollback", "decision.reason": reason, "mlflow.note.content": reason})
     log.info("%s", reason)
@@ -236,13 +237,14 @@ def rollback(experiment_name: str = EXPERIMENT_NAME.default) -> PromoteResult:
 
 def _decide(
     run_id: str,
+    lease: Lease,
     versions: Mapping[str, ModelVersion],
     eval_data: PandasDataset,
     min_r2: float,
     max_r2_drop: float,
     quantized_tolerance: float,
 ) -> PromoteResult:
-    current = registry.version_by_alias(ALIAS_CHAMPION)
+    current = _judged_against(lease)
     thresholds = {"minimum": min_r2}
     if current is not None:
         champion_metrics, _ = _evaluate(ALIAS_CHAMPION, current, eval_data, thresholds={})
@@ -268,6 +270,7 @@ def _decide(
             f"{reason}; it already is the champion",
             tuple(gated),
         )
+    lease.check_held()
     _move_champion(run_id, winner=winner.version, current=current, reason=reason)
     return PromoteResult(run_id, str(winner.version.version), current_number, True, reason, tuple(gated))
 
@@ -333,20 +336,20 @@ def _common_held_out_set(versions: Mapping[str, ModelVersion]) -> tuple[Split, s
     return splits.split_from_record(first, versions[first_label].run_id), first["source"]
 
 
-@contextmanager
-def _promotion_lock() -> Iterator[None]:
-    """Serializes read-decide-move of the aliases between processes sharing a SQLite store.
+def _judged_against(lease: Lease) -> ModelVersion | None:
+    """The current champion, read under the lease, and recorded on the run with the lease's holder.
 
-    Without it two pipelines could both read champion vN and both move it, losing one
-    `previous-champion` (the registry has no compare-and-set; see `pipeline.mlflow_compat`).
-    A tracking server has no such lock to take; there the last one wins.
+    Tags `promotion.judged_against` (`v<N>`, or `none`) and `promotion.lease_holder`: for
+    promotions that ran at once, the records show that each judged against the one before it.
     """
-    database = store.sqlite_path(mlflow.get_tracking_uri())
-    if database is None:
-        yield
-        return
-    with store.exclusive_lock(database.with_suffix(store.PROMOTE_LOCK_SUFFIX)):
-        yield
+    current = registry.version_by_alias(ALIAS_CHAMPION)
+    mlflow.set_tags(
+        {
+            "promotion.judged_against": f"v{current.version}" if current is not None else "none",
+            "promotion.lease_holder": lease.holder,
+        }
+    )
+    return current
 
 
 def build_parser() -> argparse.ArgumentParser:

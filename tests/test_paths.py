@@ -85,7 +85,6 @@ CASES: dict[str, Callable[[Path], tuple[str, str]]] = {
     ),
     "default artifact root ./mlruns": lambda d: (_mlruns("mlruns/p.csv"), "the artifact root"),
     "schema lock": lambda d: (_touch("mlflow.schema.lock"), "a lock file of the tracking database"),
-    "promote lock": lambda d: (_touch("mlflow.promote.lock"), "a lock file of the tracking database"),
     "a FIFO": lambda d: (_special("pipe", stat.S_IFIFO), "not a regular file"),
     # As root, writing the output would have replaced /dev/null itself.
     "a device": lambda d: (_special("null", stat.S_IFCHR, os.makedev(1, 3)), "not a regular file"),

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.tracking import MlflowClient
 
-from pipeline import registry
+from pipeline import registry, store
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME
 from pipeline.errors import PipelineError, RejectedError
+from pipeline.lease import HOLDER_TAG, LEASE_NAME, promotion_lease
 from pipeline.promote import Candidate, choose, promote, rollback
-from tests.conftest import Store, using
 
 
 def candidate(label: str, r2: float, quantized: bool = False, failures: tuple[str, ...] = ()) -> Candidate:
@@ -128,14 +128,27 @@ def test_cli_rejection_exits_3(trained_store, clone_store, python: str, tmp_path
     assert registry.version_by_alias(ALIAS_CHAMPION) is None
 
 
-def test_the_lock_sits_beside_a_database_named_by_a_relative_uri(
-    trained_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # `sqlite:///relative/mlflow.db` is relative to the working folder, as MLflow opens it.
-    (tmp_path / "relative").mkdir()
-    shutil.copy(trained_store.root / "mlflow.db", tmp_path / "relative" / "mlflow.db")
-    monkeypatch.chdir(tmp_path)
-    with using(Store(Path("relative"))) as uri:
-        assert uri == "sqlite:///relative/mlflow.db"
-        assert promote([ALIAS_CHALLENGER]).changed
-    assert (tmp_path / "relative" / "mlflow.promote.lock").is_file()
+def test_each_decision_records_the_champion_it_judged_and_leaves_no_lease(trained_store, clone_store) -> None:
+    clone_store(trained_store)
+    first = promote([ALIAS_CHALLENGER])
+    second_version = _second_version()
+    second = promote([ALIAS_CHALLENGER])
+    client = MlflowClient()
+    tags = [client.get_run(r.run_id).data.tags for r in (first, second)]
+    assert [t["promotion.judged_against"] for t in tags] == ["none", "v1"]
+    assert tags[0]["promotion.lease_holder"] != tags[1]["promotion.lease_holder"]
+    assert (second.champion, second.previous) == (second_version, "1")
+    # The lease exists only while a promotion runs; no lock file is left beside the database.
+    assert [m.name for m in client.search_registered_models()] == [MODEL_NAME]
+    assert not list(Path(store.sqlite_path(mlflow.get_tracking_uri())).parent.glob("*.lock"))
+
+
+def test_a_holder_that_lost_the_lease_is_stopped_and_leaves_the_new_holders_lease(tracking_uri: str) -> None:
+    client = MlflowClient()
+    with promotion_lease() as held:
+        # What a take-over does to a holder stopped longer than the lease's TTL.
+        client.delete_registered_model(LEASE_NAME)
+        client.create_registered_model(LEASE_NAME, tags={HOLDER_TAG: "elsewhere:1:abc"})
+        with pytest.raises(PipelineError, match=r"lost the promotion lease .* \(now held by elsewhere:1:abc\)"):
+            held.check_held()
+    assert client.get_registered_model(LEASE_NAME).tags[HOLDER_TAG] == "elsewhere:1:abc"
