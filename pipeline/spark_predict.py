@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import pyarrow.csv as pa_csv
 
 from pipeline import data, paths, registry, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
@@ -235,7 +236,7 @@ def start_session(master: str) -> SparkSession:
             raise PipelineError(
                 f"Spark could not start ({err.getCondition()}: {last}); is Java installed? {INSTALL_JAVA}"
             ) from None
-    log.info("Spark %s on %s; its log: %s", SparkContext(conf=conf, gateway=gateway).version, master, spark_log)
+    log.debug("Spark %s on %s; its log: %s", SparkContext(conf=conf, gateway=gateway).version, master, spark_log)
     return SparkSession.builder.getOrCreate()
 
 
@@ -243,6 +244,7 @@ def _quiet_pyspark_warnings() -> None:
     # pyspark 4.3 warns on every pandas conversion that it "does not yet fully support pandas >= 3.0.0";
     # the conversions this step makes (doubles only) are covered by the tests against the pandas engine.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="pyspark")
 
 
 def read_input(spark: SparkSession, input_path: str) -> SparkInput:
@@ -339,9 +341,16 @@ def _cell_problems(batch: SparkInput, column: str) -> dict[str, Column]:
         number = sf.lit(None).cast("double")
         non_numeric = value.isNotNull()
     else:
+        # The texts the pandas engine's parser (pyarrow's CSV reader, its defaults) reads as missing.
+        missing_text = value.isin(pa_csv.ConvertOptions().null_values)
         # try_cast: a cell that is not a number becomes null instead of failing the job (ANSI mode).
-        number = value.try_cast("double")
-        non_numeric = value.isNotNull() & number.isNull()
+        number = sf.when(~missing_text, value.try_cast("double"))
+        non_numeric = value.isNotNull() & ~missing_text & number.isNull()
+        return {
+            _NON_NUMERIC: non_numeric,
+            _MISSING: value.isNull() | missing_text | sf.isnan(number),
+            _INFINITE: number.isin(float("inf"), float("-inf")),
+        }
     return {
         _NON_NUMERIC: non_numeric,
         _MISSING: value.isNull() | sf.isnan(number),
@@ -379,7 +388,9 @@ def validate(batch: SparkInput) -> None:
 
 def _describe(batch: SparkInput, column: str, problem: str, condition: Column, count: int) -> str:
     """The message for `count` cells of `column` with `problem`, naming the first one's file and row."""
-    first = batch.frame.filter(condition).orderBy(_FILE, _ID).select(_FILE, _ID, column).first()
+    # With a data column: Spark refuses a query of raw CSV that reads only _corrupt_record.
+    shown = dict.fromkeys((_FILE, _ID, column, batch.columns[0]))
+    first = batch.frame.filter(condition).orderBy(_FILE, _ID).select(*shown).first()
     file = _local_path(first[_FILE])
     row = _row_number(batch, first[_FILE], first[_ID])
     if column == _CORRUPT:
@@ -390,8 +401,8 @@ def _describe(batch: SparkInput, column: str, problem: str, condition: Column, c
         )
     if problem == _NON_NUMERIC:
         return f"{file}: column {column!r}, row {row}: {str(first[column])!r} is not a number ({count} such cell(s))"
-    shown = "missing (NaN)" if problem == _MISSING else "infinite"
-    return f"{file}: column {column!r}, row {row}: value is {shown} ({count} such cell(s))"
+    described = "missing (NaN)" if problem == _MISSING else "infinite"
+    return f"{file}: column {column!r}, row {row}: value is {described} ({count} such cell(s))"
 
 
 def _row_number(batch: SparkInput, file: str, row_id: int) -> int:

@@ -257,3 +257,25 @@ def synthetic_frame() -> pd.DataFrame:
 def python() -> str:
     """The interpreter running the tests, to start entry points with."""
     return sys.executable
+
+
+# --- Spark: `predict --engine spark` ---
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One Spark session in `local[2]` for the whole run, started as `predict --engine spark` starts
+    its own; `spark_predict` uses it instead of starting another."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        engine_missing("Spark (pyspark)", 'pip install -e ".[spark]"')
+    from pipeline import spark_predict
+    from pipeline.errors import PipelineError
+
+    try:
+        session = spark_predict.start_session("local[2]")
+    except PipelineError:
+        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    yield session
+    session.stop()
