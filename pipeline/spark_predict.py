@@ -388,9 +388,9 @@ def validate(batch: SparkInput) -> None:
 
 def _describe(batch: SparkInput, column: str, problem: str, condition: Column, count: int) -> str:
     """The message for `count` cells of `column` with `problem`, naming the first one's file and row."""
-    # With a data column: Spark refuses a query of raw CSV that reads only _corrupt_record.
-    shown = dict.fromkeys((_FILE, _ID, column, batch.columns[0]))
-    first = batch.frame.filter(condition).orderBy(_FILE, _ID).select(*shown).first()
+    # Every column, as in `validate`: with fewer, Spark parses only those, and a line with more fields than
+    # the header is no longer seen as one.
+    first = batch.frame.filter(condition).orderBy(_FILE, _ID).first()
     file = _local_path(first[_FILE])
     row = _row_number(batch, first[_FILE], first[_ID])
     if column == _CORRUPT:
