@@ -103,8 +103,9 @@ def predict(
     output = Path(SPARK_OUTPUT if output_path == OUTPUT.default else output_path).resolve()
     _check_output(output, input_path, model_uri)
     version, load_uri = registry.pin(model_uri)
-    started = time.perf_counter()
     with spark_session(master) as spark:
+        # As the pandas engine counts: rows read, validated, scored and written, not starting or loading.
+        started = time.perf_counter()
         batch = read_input(spark, input_path)
         validate(batch)
         try:
@@ -113,7 +114,9 @@ def predict(
             raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
         try:
             written = Path(folder) / "parquet"
+            loading = time.perf_counter()
             udf = mlflow.pyfunc.spark_udf(spark, load_uri, result_type="double", env_manager=env_manager)
+            started += time.perf_counter() - loading
             _write(scored(batch, udf), written, batch.source)
             n_rows, metrics = summarize(spark.read.parquet(str(written)), TARGET in batch.columns)
             sample = spark.read.parquet(str(written)).limit(SAMPLE_ROWS).toPandas()
