@@ -71,6 +71,12 @@ def inputs(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict
     return made
 
 
+def input_columns_of(source: Path) -> list[str]:
+    """The columns of an input file, or of the first file of a folder."""
+    first = min(source.iterdir()) if source.is_dir() else source
+    return list(pd.read_parquet(first).columns if first.suffix == ".parquet" else pd.read_csv(first, nrows=0).columns)
+
+
 # Both flavors, both formats, a file and a folder, with and without the target, in four runs.
 CASES = [
     ("challenger", "csv file", True),
@@ -101,8 +107,7 @@ def test_predictions_and_run_equal_the_pandas_engine(
     result = spark_predict(alias, inputs[kind], tmp_path / "out.parquet")
 
     written = pd.read_parquet(tmp_path / "out.parquet")
-    input_columns = list(pd.read_parquet(inputs[kind]).columns if "parquet" in kind else expected.columns[:-1])
-    input_columns = [c for c in input_columns if c not in (PREDICTION, ERROR)]
+    input_columns = input_columns_of(inputs[kind])
     assert list(written.columns) == [*input_columns, PREDICTION, *([ERROR] if with_target else [])]
     assert len(written) == ROWS
     if "folder" in kind:  # Spark reads a folder's files in its own order
@@ -134,11 +139,12 @@ def test_predictions_and_run_equal_the_pandas_engine(
 
 def test_an_earlier_output_is_replaced(spark, scoring: str, inputs: dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "out.parquet"
-    spark_predict("quantized", inputs["csv file"], output)
-    first = pd.read_parquet(output)
-    spark_predict("challenger", inputs["csv file"], output)
-    second = pd.read_parquet(output)
-    assert len(second) == ROWS and not np.array_equal(first[PREDICTION], second[PREDICTION])
+    output.mkdir()
+    pd.DataFrame({PREDICTION: [1.0]}).to_parquet(output / "part-00000-earlier.parquet")
+    (output / "_SUCCESS").touch()
+    spark_predict("quantized", inputs["features csv"], output)
+    assert len(pd.read_parquet(output)) == ROWS
+    assert not (output / "part-00000-earlier.parquet").exists()
     assert os.listdir(tmp_path) == ["out.parquet"]
 
 
