@@ -270,6 +270,20 @@ def test_rows_are_numbered_across_partitions_of_one_file(
     )
 
 
+def test_a_prediction_that_overflows_is_refused_after_scoring_leaving_nothing(
+    spark, scoring: str, rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Finite features so large that the model's sum overflows: the models refuse them inside Spark's task."""
+
+    def huge(frame: pd.DataFrame) -> pd.DataFrame:  # as tests/test_predict.py's OVERFLOW_ROW
+        return _set("AveBedrms", [3], "1.7e308")(_set("MedInc", [3], "1.7e308")(frame))
+
+    source = _csv(rows, tmp_path / "huge.csv", huge)
+    output = tmp_path / "out.parquet"
+    message = _refused(lambda: spark_predict("challenger", source, output), tmp_path, output)
+    assert message == f"{source}: a prediction overflows float64: features this extreme overflow the model"
+
+
 def test_output_guard_and_existing_folders(scoring: str, inputs: dict[str, Path], tmp_path: Path) -> None:
     """Refused before Spark starts: the input as output, a folder that is not an earlier output, no input."""
     with pytest.raises(PipelineError, match=r"is the input"):
