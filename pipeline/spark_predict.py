@@ -71,13 +71,11 @@ class SparkInput:
         frame: The input's columns as Spark read them (text for CSV), then `_file` and `_id`,
             and `_corrupt_record` for CSV.
         columns: The input's columns, in its order.
-        files: The data files, in name order.
         source: The absolute path given, as recorded in the run.
     """
 
     frame: DataFrame
     columns: list[str]
-    files: list[Path]
     source: str
 
 
@@ -291,7 +289,7 @@ def read_input(spark: SparkSession, input_path: str) -> SparkInput:
     else:
         raise DataError(f"{path}: expected .csv or .parquet files, found {', '.join(sorted(kinds)) or 'none'}")
     frame = frame.withColumn(_FILE, sf.col("_metadata.file_path")).withColumn(_ID, sf.monotonically_increasing_id())
-    return SparkInput(frame, columns, files, source)
+    return SparkInput(frame, columns, source)
 
 
 def _data_files(path: Path) -> list[Path]:
