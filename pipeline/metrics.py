@@ -66,19 +66,32 @@ class RunningErrors:
 
     def metrics(self, prefix: str = "test_") -> dict[str, float]:
         """R², MSE, RMSE and MAE of everything added, keyed like `regression_metrics`."""
-        if self.n == 0:
-            return {}
-        mse = self._sse / self.n
-        # scikit-learn's conventions: R² is undefined for one row, 1 or 0 for a constant target.
-        if self.n < 2:
-            r2 = math.nan
-        elif self._m2 == 0.0:
-            r2 = 1.0 if self._sse == 0.0 else 0.0
-        else:
-            r2 = 1.0 - self._sse / self._m2
-        return {
-            f"{prefix}r2": r2,
-            f"{prefix}mse": mse,
-            f"{prefix}rmse": math.sqrt(mse),
-            f"{prefix}mae": self._sae / self.n,
-        }
+        return error_metrics(self.n, self._sse, self._sae, self._m2, prefix)
+
+
+def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test_") -> dict[str, float]:
+    """R², MSE, RMSE and MAE from sums over `n` rows, keyed like `regression_metrics`; empty for no rows.
+
+    Args:
+        n: Rows.
+        sse: Sum of squared errors.
+        sae: Sum of absolute errors.
+        m2: Sum of squared deviations of the target from its mean.
+        prefix: Put before each key.
+    """
+    if n == 0:
+        return {}
+    mse = sse / n
+    # scikit-learn's conventions: R² is undefined for one row, 1 or 0 for a constant target.
+    if n < 2:
+        r2 = math.nan
+    elif m2 == 0.0:
+        r2 = 1.0 if sse == 0.0 else 0.0
+    else:
+        r2 = 1.0 - sse / m2
+    return {
+        f"{prefix}r2": r2,
+        f"{prefix}mse": mse,
+        f"{prefix}rmse": math.sqrt(mse),
+        f"{prefix}mae": sae / n,
+    }

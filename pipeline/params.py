@@ -55,6 +55,7 @@ class Param:
         high: Largest allowed value (numbers only).
         exclusive: `low` and `high` themselves are not allowed.
         required: The step cannot run without it.
+        choices: The only values allowed (text parameters only).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Param:
     high: float | None = None
     exclusive: bool = False
     required: bool = False
+    choices: tuple[str, ...] | None = None
 
     @property
     def flag(self) -> str:
@@ -79,6 +81,8 @@ class Param:
 
     def allowed(self) -> str | None:
         """The allowed values in words, or None when any value of the type is allowed."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
         if self.type is int:
             return f"an integer from {self.low} to {self.high}" if self.high is not None else f"an integer ≥ {self.low}"
         if self.type is not float:
@@ -94,6 +98,10 @@ class Param:
 
         NaN and ±inf are never allowed, and an integer parameter takes whole numbers only.
         """
+        if self.choices:
+            if value not in self.choices:
+                raise PipelineError(f"{self.flag} must be {self.allowed()}, got {value!r}")
+            return
         if self.type is int:
             ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         elif self.type is float:
@@ -117,6 +125,8 @@ class Param:
             words.append(f"default {_spelled(self.default)}")
         # A bare boolean flag (`--sweep`) means true.
         optional_value = {"nargs": "?", "const": True} if self.type is parse_bool else {}
+        if self.choices:
+            optional_value["choices"] = self.choices
         parser.add_argument(
             self.flag,
             dest=self.argument,
@@ -179,9 +189,35 @@ INPUT = Param(
     dest="input_path",
 )
 OUTPUT = Param("output", str, "predictions.csv", "predictions CSV to write", dest="output_path")
+# Where `--engine spark` writes when --output is left at its default (a CSV name would mislead).
+SPARK_OUTPUT = "predictions.parquet"
 # Smaller chunks pay more per-call costs; larger ones hold more rows in memory for no gain
 # (benchmarks/bench_predict_parts.py --chunksize N compares them).
 CHUNKSIZE = Param("chunksize", int, 50_000, "how many rows are read and scored at a time", low=1)
+ENGINE_PANDAS = "pandas"
+ENGINE_SPARK = "spark"
+ENGINE = Param(
+    "engine",
+    str,
+    ENGINE_PANDAS,
+    f"what scores the rows: pandas in this process, or Spark (needs the [spark] extra and Java 17/21); "
+    f"with spark the input may be a CSV or Parquet file or folder and the output is a Parquet folder "
+    f"({SPARK_OUTPUT} unless --output is given)",
+    choices=(ENGINE_PANDAS, ENGINE_SPARK),
+)
+# Any Spark master URL; `local[*]` uses every core of this machine.
+SPARK_MASTER = Param("spark_master", str, "local[*]", "Spark master URL (--engine spark only)")
+# How Spark's workers get the model's Python packages (mlflow.pyfunc.spark_udf's env_manager):
+# `local` takes this environment's; virtualenv and uv rebuild the model's own, for clusters whose
+# Python differs.
+SPARK_ENV_MANAGER = Param(
+    "spark_env_manager",
+    str,
+    "local",
+    "how Spark's workers get the model's packages: this environment's (local), or the model's own rebuilt "
+    "(--engine spark only)",
+    choices=("local", "virtualenv", "uv"),
+)
 BATCH = Param(
     "batch", str, None, "CSV of new rows: the 8 features, MedHouseVal optional", dest="batch_path", required=True
 )

@@ -32,12 +32,22 @@ from pipeline import cli, data, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
-from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
+from pipeline.params import (
+    CHUNKSIZE,
+    ENGINE,
+    ENGINE_SPARK,
+    EXPERIMENT_NAME,
+    INPUT,
+    MODEL_URI,
+    OUTPUT,
+    SPARK_ENV_MANAGER,
+    SPARK_MASTER,
+)
 from pipeline.scoring import NonFinitePredictions, raw_predictions
 
 log = logging.getLogger(__name__)
 
-PARAMS = (MODEL_URI, INPUT, OUTPUT, CHUNKSIZE, EXPERIMENT_NAME)
+PARAMS = (MODEL_URI, INPUT, OUTPUT, CHUNKSIZE, ENGINE, SPARK_MASTER, SPARK_ENV_MANAGER, EXPERIMENT_NAME)
 SAMPLE_ROWS = 10
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
@@ -94,6 +104,9 @@ def predict(
     chunksize: int = CHUNKSIZE.default,
     experiment_name: str = EXPERIMENT_NAME.default,
     progress: bool | None = None,
+    engine: str = ENGINE.default,
+    spark_master: str = SPARK_MASTER.default,
+    spark_env_manager: str = SPARK_ENV_MANAGER.default,
 ) -> PredictResult:
     """Scores a CSV, or the model's held-out split, and writes one prediction per row.
 
@@ -111,6 +124,9 @@ def predict(
         chunksize: How many rows are read and scored at a time.
         experiment_name: Experiment for a run started outside `mlflow run`.
         progress: Draw a progress bar on stderr; None draws it only when stderr is a terminal.
+        engine: `pandas` scores here, in chunks; `spark` hands the whole step to `pipeline.spark_predict`.
+        spark_master: The Spark master URL (`spark` only).
+        spark_env_manager: How Spark's workers get the model's packages (`spark` only).
 
     Returns:
         The run, the resolved version, rows, throughput, metrics and the first rows.
@@ -122,6 +138,13 @@ def predict(
         DataError: The input cannot be used; the message names file, column and row.
     """
     CHUNKSIZE.check(chunksize)
+    ENGINE.check(engine)
+    if engine == ENGINE_SPARK:
+        from pipeline import spark_predict  # pyspark, an optional extra, is loaded only for this engine
+
+        return spark_predict.predict(
+            model_uri, input_path, output_path, experiment_name, spark_master, spark_env_manager
+        )
     output = Path(output_path).resolve()
     if output.is_dir():
         raise PipelineError(f"output {output} is a folder; give a file name")

@@ -441,3 +441,25 @@ def clear_team_registry(label: str) -> None:
         client.rename_experiment(experiment.experiment_id, f"{EXPERIMENT_NAME}-before-{label}")
     for model in client.search_registered_models():
         client.delete_registered_model(model.name)
+
+
+# --- Spark: `predict --engine spark` ---
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One Spark session in `local[2]` for the whole run, started as `predict --engine spark` starts
+    its own; `spark_predict` uses it instead of starting another."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        engine_missing("Spark (pyspark)", 'pip install -e ".[spark]"')
+    from pipeline import spark_predict
+    from pipeline.errors import PipelineError
+
+    try:
+        session = spark_predict.start_session("local[2]")
+    except PipelineError:
+        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    yield session
+    session.stop()

@@ -94,6 +94,8 @@ def mlproject_argv(step: str, values: dict[str, Any]) -> list[str]:
 
 def other_value(param: Param) -> str:
     """A value unlike the default, as text, to see that each placeholder reaches its own flag."""
+    if param.choices:
+        return next(choice for choice in param.choices if choice != param.default)
     if param.type is int:
         return str(param.default + 1)
     if param.type is float:
