@@ -77,7 +77,7 @@ def test_ci_reads_the_test_command_from_the_readme() -> None:
     assert lines[marker + 1] == "```bash"
     assert (
         lines[marker + 2]
-        == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python -m pytest'
+        == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev,server,spark]" && python -m pytest'
     )
 
 
