@@ -26,8 +26,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sklearn.datasets import fetch_california_housing, get_data_home
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import FEATURES, MIN_ROWS, SKLEARN_SOURCE, TARGET
 from pipeline.errors import DataError
@@ -93,6 +91,9 @@ def load_california() -> Dataset:
     Raises:
         DataError: It is neither cached nor downloadable; the message says where it looked.
     """
+    # scikit-learn is imported where it is used: predict reads CSVs without it.
+    from sklearn.datasets import fetch_california_housing, get_data_home
+
     try:
         bunch = fetch_california_housing(as_frame=True)
     except OSError as err:  # URLError and socket errors are OSErrors
@@ -400,6 +401,8 @@ def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
             f"{dataset.source}: test_size={test_size} on {n_rows} rows leaves {n_train} "
             f"training and {n_test} test rows: too few on one side"
         )
+    from sklearn.model_selection import train_test_split
+
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X, dataset.y, test_size=test_size, random_state=random_state
     )

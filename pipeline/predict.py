@@ -28,12 +28,12 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
 
-from pipeline import cli, data, paths, registry, splits, tracking
+from pipeline import cli, data, mlflow_compat, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
 from pipeline.params import CHUNKSIZE, EXPERIMENT_NAME, INPUT, MODEL_URI, OUTPUT
-from pipeline.scoring import NonFinitePredictions, raw_predictions
+from pipeline.scoring import NonFinitePredictions, predictor, raw_predictions
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def predict(
     version, load_uri = registry.pin(model_uri)
     batch = open_csv(input_path, chunksize) if input_path else None
     try:
-        model = mlflow.pyfunc.load_model(load_uri)
+        model = mlflow_compat.load_pyfunc(load_uri)
         batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
         if batch.data_file:
             paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
@@ -263,6 +263,7 @@ def score(
         PipelineError: The file cannot be written.
         DataError: A prediction is not finite; every chunk is read to count such rows.
     """
+    predict = predictor(model)
     errors = RunningErrors()
     unusable = NonFinitePredictions()
     samples = []
@@ -270,7 +271,7 @@ def score(
     writer = None
     try:
         for chunk in chunks:
-            pred = raw_predictions(model, chunk[list(FEATURES)])
+            pred = raw_predictions(predict, chunk[list(FEATURES)])
             unusable.add(pred, chunk.index)
             if unusable.count:
                 continue  # the file is refused; the rest is read only to count such rows

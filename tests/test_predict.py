@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, registry, splits
+from pipeline import data, mlflow_compat, registry, splits
 from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors, regression_metrics
@@ -352,10 +355,16 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The top-level packages a `python -X importtime` run imported, from its stderr."""
+    lines = [line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+    return {name.split(".")[0] for name in lines}
+
+
 @pytest.mark.integration
 def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [python, "-m", "pipeline", "predict", "--output", "p.csv"],
+        [python, "-X", "importtime", "-m", "pipeline", "predict", "--output", "p.csv"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -371,6 +380,8 @@ def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_pa
     )
     assert len(re.findall(r"^True: \d+\.\d\d \| Predicted: -?\d+\.\d\d \| Diff: \d+\.\d\d$", result.stdout, re.M)) == 10
     assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
+    # The quantized champion is scored without skops (the float model's format), which takes long to import.
+    assert "skops" not in imported_modules(result.stderr)
     assert len(read_output(tmp_path / "p.csv")) == 4128
 
     uri = f"http://127.0.0.1:{closed_port()}"
@@ -394,3 +405,58 @@ def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_pa
         [python, "-m", "pipeline", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [refused])
+
+
+@contextlib.contextmanager
+def mlflow_warnings(logger: str) -> Iterator[list[str]]:
+    """The messages MLflow's `logger` logs in the block (MLflow's loggers do not propagate to pytest's)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
+
+
+def test_model_loads_with_mlflows_requirement_warnings_without_scanning_every_package(
+    scoring: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.utils import requirements_utils
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@quantized", dst_path=str(tmp_path)))
+    (model_dir / "requirements.txt").write_text("mlflow\nnumpy==0.0.1\nnot-a-housing-package==1.0\n")
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    with mlflow_warnings(requirements_utils.__name__) as expected:
+        mlflow.pyfunc.load_model(str(model_dir))
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+
+    def scan() -> None:
+        raise AssertionError("every installed distribution was scanned")
+
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", scan)
+    with mlflow_warnings(requirements_utils.__name__) as warned:
+        model = mlflow_compat.load_pyfunc(str(model_dir))
+    assert len(expected) == 1 and "numpy==0.0.1" in expected[0] and "not-a-housing-package==1.0" in expected[0]
+    assert warned == expected
+    assert requirements_utils._MODULES_TO_PACKAGES is None  # a model logged later infers its requirements in full
+    assert model.metadata.model_uuid == mlflow.models.Model.load(str(model_dir)).model_uuid
+
+
+def test_conforming_frames_skip_mlflows_signature_check_with_the_same_predictions(
+    scoring: str, held_out: pd.DataFrame
+) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    X = held_out[list(FEATURES)]
+    for alias in SCORED_ALIASES:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{alias}")
+        unchecked = mlflow_compat.unchecked_predict(model, FEATURES)
+        assert unchecked.__self__ is model._model_impl
+        np.testing.assert_array_equal(unchecked(X), model.predict(X))
+    # Where MLflow's check would reorder or convert the columns, it stays.
+    for columns in ([ColSpec("double", name) for name in reversed(FEATURES)], [ColSpec("long", n) for n in FEATURES]):
+        model.metadata.signature = ModelSignature(inputs=Schema(columns))
+        assert mlflow_compat.unchecked_predict(model, FEATURES) == model.predict
