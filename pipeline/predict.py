@@ -17,8 +17,9 @@ import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -122,12 +123,7 @@ def predict(
         DataError: The input cannot be used; the message names file, column and row.
     """
     CHUNKSIZE.check(chunksize)
-    output = Path(output_path).resolve()
-    if output.is_dir():
-        raise PipelineError(f"output {output} is a folder; give a file name")
-    if not output.parent.is_dir():
-        raise PipelineError(f"output folder {output.parent} does not exist")
-    paths.check_output(output_path, _inputs(input_path, model_uri))
+    output = _checked_output(output_path, input_path, model_uri)
     version, load_uri = registry.pin(model_uri)
     batch = open_csv(input_path, chunksize) if input_path else None
     try:
@@ -136,50 +132,85 @@ def predict(
         if batch.data_file:
             paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
         show = sys.stderr.isatty() if progress is None else progress
-        try:
-            handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        except OSError as err:
-            raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
-        try:
-            os.close(handle)
+        with _temporary_file(output) as temporary:
             started = time.perf_counter()
             with progress_bar(batch.total_rows, show) as bar:
                 n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
             rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
-            metrics = errors.metrics()
-            resolved = f"version {version.version}" if version else "no registered version"
-            description = f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) into {output}."
-            with tracking.step_run("predict", "predict", description, experiment_name) as run:
-                # As given (`mlflow run` has already logged these as spelled), then as resolved.
-                tracking.log_params({"model_uri": model_uri, "input": input_path or "", "output": str(output_path)})
-                mlflow.log_params(
-                    {
-                        "model_version": version.version if version else "",
-                        "model_run_id": model.metadata.run_id or "",
-                        "input_source": batch.source,
-                        "output_path": str(output),
-                        "chunksize": chunksize,
-                    }
-                )
-                mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
-                _publish(temporary, output)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+            result = PredictResult(
+                run_id="",
+                model_uri=model_uri,
+                version=str(version.version) if version else None,
+                input_source=batch.source,
+                output_path=str(output),
+                n_rows=n_rows,
+                rows_per_second=rows_per_second,
+                metrics=errors.metrics(),
+                sample=sample,
+            )
+            # As given (`mlflow run` has already logged these as spelled), then as resolved.
+            given = {"model_uri": model_uri, "input": input_path or "", "output": str(output_path)}
+            resolved = {"model_version": result.version or "", "model_run_id": model.metadata.run_id or ""}
+            run_id = _log_run(result, given, {**resolved, "chunksize": chunksize}, experiment_name, temporary)
     finally:
         if batch is not None:
             batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
     log.info("scored %d rows at %.0f rows/s into %s", n_rows, rows_per_second, output)
-    return PredictResult(
-        run_id=run.info.run_id,
-        model_uri=model_uri,
-        version=str(version.version) if version else None,
-        input_source=batch.source,
-        output_path=str(output),
-        n_rows=n_rows,
-        rows_per_second=rows_per_second,
-        metrics=metrics,
-        sample=sample,
+    return replace(result, run_id=run_id)
+
+
+def _checked_output(output_path: str | Path, input_path: str | None, model_uri: str) -> Path:
+    """The output's absolute path, once it is known to be a new or replaceable file in an existing folder.
+
+    Raises:
+        PipelineError: A folder, a missing folder, or a file predict must not replace (`pipeline.paths`).
+    """
+    output = Path(output_path).resolve()
+    if output.is_dir():
+        raise PipelineError(f"output {output} is a folder; give a file name")
+    if not output.parent.is_dir():
+        raise PipelineError(f"output folder {output.parent} does not exist")
+    paths.check_output(output_path, _inputs(input_path, model_uri))
+    return output
+
+
+@contextlib.contextmanager
+def _temporary_file(output: Path) -> Iterator[str]:
+    """A new file beside `output`, removed when the block ends unless it was renamed into place.
+
+    Raises:
+        PipelineError: The output folder cannot be written.
+    """
+    try:
+        handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
+    try:
+        os.close(handle)
+        yield temporary
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _log_run(
+    result: PredictResult, given: dict[str, str], resolved: dict[str, Any], experiment_name: str, temporary: str
+) -> str:
+    """Logs the run and, inside it, renames the predictions into place: a failure to publish fails the run.
+
+    Returns:
+        The run's id.
+    """
+    version = f"version {result.version}" if result.version else "no registered version"
+    description = (
+        f"Scored {result.n_rows} rows of {result.input_source} with {result.model_uri} ({version}) "
+        f"into {result.output_path}."
     )
+    with tracking.step_run("predict", "predict", description, experiment_name) as run:
+        tracking.log_params(given)
+        mlflow.log_params({**resolved, "input_source": result.input_source, "output_path": result.output_path})
+        mlflow.log_metrics({"n_rows": result.n_rows, "rows_per_second": result.rows_per_second, **result.metrics})
+        _publish(temporary, Path(result.output_path))
+    return run.info.run_id
 
 
 def _inputs(input_path: str | None, model_uri: str) -> list[tuple[str, str]]:
