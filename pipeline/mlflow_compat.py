@@ -63,7 +63,7 @@ Elsewhere (the code stays with its caller):
   which takes one, serves only its jobs and workspace stores), so processes starting together
   on one new SQLite file fail (`table _alembic_tmp_experiments already exists`, `duplicate
   column name`) and can leave it half-migrated. Delete when SqlAlchemyStore initializes under a lock (check:
-  six processes opening one new file with MLflow alone all succeed, as tests/test_store.py
+  six processes opening one new file with MLflow alone all succeed, as tests/integration/test_store.py
   `test_processes_started_at_once_on_the_default_store_create_it_whole` does with it).
 - `pipeline.promote._promotion_lock`: the registry has no compare-and-set for an alias, so two
   promotions could both read champion vN and both move it; promote holds an exclusive lock
@@ -77,7 +77,7 @@ Elsewhere (the code stays with its caller):
 - No code: after SIGINT, `mlflow run` marks its run FAILED over the KILLED our step set:
   `projects/__init__.py` `_maybe_set_run_terminated` passes the status string to
   `entities/run_status.py` `RunStatus.is_terminated`, which compares numbers, so it always
-  overwrites. tests/test_signals.py `test_mlflow_run_stopped_mid_pipeline` asserts FAILED for
+  overwrites. tests/integration/test_signals.py `test_mlflow_run_stopped_mid_pipeline` asserts FAILED for
   the SIGINT case; an MLflow that fixes this makes that assertion fail, and KILLED is right.
 
 MLflow is imported inside the functions: `import_skops_first` must run before it loads.
