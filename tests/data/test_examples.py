@@ -13,8 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import data, examples
 from pipeline.config import EXIT_ERROR, FEATURES, TARGET
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -11,9 +11,7 @@ import pytest
 
 from pipeline import examples
 from pipeline.mlflow_compat import scoring_server_env
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from tests.conftest import ROOT
 
 MAKE = "python -m pipeline.examples"
 
