@@ -10,6 +10,9 @@ import sys
 from pipeline.mlflow_compat import import_skops_first
 
 STEPS = ("train", "quantize", "promote", "predict", "monitor", "main")
+# Steps that load or log a scikit-learn model every time. predict needs scikit-learn only for the
+# float model (its loader imports skops then); the quantized champion is scored without either.
+SKLEARN_STEPS = ("train", "quantize", "promote", "monitor", "main")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         if handler != signal.SIG_IGN:
             signal.signal(signum, _exit_at_once)
     try:
-        import_skops_first()
+        if argv[0] in SKLEARN_STEPS:
+            import_skops_first()
         # Each step imports only what it needs, so `--help` and small steps stay quick.
         module = importlib.import_module(f"pipeline.{argv[0]}")
     finally:

@@ -26,8 +26,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sklearn.datasets import fetch_california_housing, get_data_home
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import FEATURES, MIN_ROWS, SKLEARN_SOURCE, TARGET
 from pipeline.errors import DataError
@@ -93,6 +91,9 @@ def load_california() -> Dataset:
     Raises:
         DataError: It is neither cached nor downloadable; the message says where it looked.
     """
+    # scikit-learn is imported where it is used: predict reads CSVs without it.
+    from sklearn.datasets import fetch_california_housing, get_data_home
+
     try:
         bunch = fetch_california_housing(as_frame=True)
     except OSError as err:  # URLError and socket errors are OSErrors
@@ -351,27 +352,40 @@ def validate_frame(frame: pd.DataFrame, origin: str) -> None:
     for column in _expected_columns(frame.columns):
         values = frame[column]
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-            numeric = pd.to_numeric(values, errors="coerce")
-            # pandas reads True/False cells as booleans (a whole column of them, or pieces of a
-            # column it parsed apart), which would pass as 1/0.
-            boolean = values.map(lambda cell: isinstance(cell, bool | np.bool_)).to_numpy(dtype=bool)
-            bad = values[(numeric.isna() & values.notna()).to_numpy() | boolean]
-            if len(bad):
-                label = bad.index[0]
-                raise DataError(
-                    f"{origin}: column {column!r}, row {int(label) + 1}: {str(bad.iloc[0])!r} "
-                    f"is not a number ({len(bad)} such cell(s))"
-                )
-            values = numeric
-        array = values.to_numpy(dtype="float64")
-        if np.isfinite(array).all():
-            continue
-        for problem, mask in (("missing (NaN)", np.isnan(array)), ("infinite", np.isinf(array))):
-            if mask.any():
-                row = int(frame.index[int(np.argmax(mask))]) + 1
-                raise DataError(
-                    f"{origin}: column {column!r}, row {row}: value is {problem} ({int(mask.sum())} such cell(s))"
-                )
+            values = _numbers(values, f"{origin}: column {column!r}")
+        problem = _first_non_finite(values.to_numpy(dtype="float64"))
+        if problem is not None:
+            position, what, count = problem
+            row = int(frame.index[position]) + 1
+            raise DataError(f"{origin}: column {column!r}, row {row}: value is {what} ({count} such cell(s))")
+
+
+def _numbers(values: pd.Series, where: str) -> pd.Series:
+    """A column pandas did not read as numbers, as numbers; NaN where a cell was empty.
+
+    Raises:
+        DataError: `where`, the row of the first cell that is not a number, the cell and the count.
+    """
+    numeric = pd.to_numeric(values, errors="coerce")
+    # pandas reads True/False cells as booleans (a whole column of them, or pieces of a column it
+    # parsed apart), which would pass as 1/0.
+    boolean = values.map(lambda cell: isinstance(cell, bool | np.bool_)).to_numpy(dtype=bool)
+    bad = values[(numeric.isna() & values.notna()).to_numpy() | boolean]
+    if len(bad):
+        raise DataError(
+            f"{where}, row {int(bad.index[0]) + 1}: {str(bad.iloc[0])!r} is not a number ({len(bad)} such cell(s))"
+        )
+    return numeric
+
+
+def _first_non_finite(array: np.ndarray) -> tuple[int, str, int] | None:
+    """Where the first NaN is (else the first infinity), what it is and how many there are; None if all are finite."""
+    if np.isfinite(array).all():
+        return None
+    for what, mask in (("missing (NaN)", np.isnan(array)), ("infinite", np.isinf(array))):
+        if mask.any():
+            return int(np.argmax(mask)), what, int(mask.sum())
+    return None
 
 
 def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
@@ -400,6 +414,8 @@ def split(dataset: Dataset, test_size: float, random_state: int) -> Split:
             f"{dataset.source}: test_size={test_size} on {n_rows} rows leaves {n_train} "
             f"training and {n_test} test rows: too few on one side"
         )
+    from sklearn.model_selection import train_test_split
+
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X, dataset.y, test_size=test_size, random_state=random_state
     )

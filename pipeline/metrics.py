@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 
 def float_param_bytes(coef: np.ndarray, intercept: float | np.ndarray) -> int:
@@ -24,6 +23,9 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "te
     Returns:
         `{prefix}r2`, `{prefix}mse`, `{prefix}rmse`, `{prefix}mae` as Python floats.
     """
+    # Imported here: predict's running metrics need no scikit-learn.
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
     mse = float(mean_squared_error(y_true, y_pred))
     return {
         f"{prefix}r2": float(r2_score(y_true, y_pred)),

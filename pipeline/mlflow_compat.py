@@ -39,6 +39,17 @@ Here:
 - `scoring_server_env`: `pyfunc/scoring_server/__init__.py` `get_cmd` starts the command
   `uvicorn` found on PATH, not the interpreter's own, so `mlflow models serve` fails from a
   virtual environment that is not activated. Delete when it runs `sys.executable -m uvicorn`.
+- `load_pyfunc`: `pyfunc/__init__.py` `load_model` checks the model's requirements with
+  `utils/requirements_utils.py` `_check_requirement_satisfied`, which first maps the modules of
+  every installed distribution (`_init_modules_to_packages_map`, `packages_distributions()`, a
+  scan of all their RECORD files) only to name a module to import for a package without
+  metadata; such a package is not in that map either, so an empty map gives the same warnings.
+  No upstream issue found. Delete when loading a model no longer scans every distribution.
+- `unchecked_predict`: `pyfunc/__init__.py` `PyFuncModel._predict` enforces the signature on
+  every call (`_validate_prediction_input`, `_enforce_schema`: a copy and a check per column).
+  For a frame of exactly the signature's double columns, in its order, that returns the same
+  frame, so the flavor's predict (`PyFuncModel._model_impl`, a stable developer API) is called
+  directly. Delete when checking a conforming frame costs next to nothing.
 - `quiet_artifact_progress`: `utils/file_utils.py` `ArtifactProgressBar` draws a tqdm bar on
   stderr for every artifact download whenever tqdm is installed (this project installs it for
   `predict`'s own bar), terminal or not, so a step's one-line error came after several bar
@@ -62,7 +73,7 @@ Elsewhere (the code stays with its caller):
   which takes one, serves only its jobs and workspace stores), so processes starting together
   on one new SQLite file fail (`table _alembic_tmp_experiments already exists`, `duplicate
   column name`) and can leave it half-migrated. Delete when SqlAlchemyStore initializes under a lock (check:
-  six processes opening one new file with MLflow alone all succeed, as tests/test_store.py
+  six processes opening one new file with MLflow alone all succeed, as tests/integration/test_store.py
   `test_processes_started_at_once_on_the_default_store_create_it_whole` does with it).
 - `pipeline.lease`: the registry has no compare-and-set for an alias, so two promotions could
   both read champion vN and both move it; promote holds a lease in the registry itself (a
@@ -76,7 +87,7 @@ Elsewhere (the code stays with its caller):
 - No code: after SIGINT, `mlflow run` marks its run FAILED over the KILLED our step set:
   `projects/__init__.py` `_maybe_set_run_terminated` passes the status string to
   `entities/run_status.py` `RunStatus.is_terminated`, which compares numbers, so it always
-  overwrites. tests/test_signals.py `test_mlflow_run_stopped_mid_pipeline` asserts FAILED for
+  overwrites. tests/integration/test_signals.py `test_mlflow_run_stopped_mid_pipeline` asserts FAILED for
   the SIGINT case; an MLflow that fixes this makes that assertion fail, and KILLED is right.
 
 MLflow is imported inside the functions: `import_skops_first` must run before it loads.
@@ -92,17 +103,19 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline import store
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow.data.dataset_source import DatasetSource
     from mlflow.entities import Experiment
+    from mlflow.pyfunc import PyFuncModel
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +249,47 @@ def scoring_server_env(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` with this interpreter's scripts first on PATH, where `mlflow models serve`
     looks for `uvicorn`, also when the environment is not activated."""
     return {**environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}"}
+
+
+def load_pyfunc(model_uri: str) -> PyFuncModel:
+    """`mlflow.pyfunc.load_model`, its requirements check done without mapping every installed module."""
+    import mlflow
+    from mlflow.utils import requirements_utils
+
+    mapped = requirements_utils._MODULES_TO_PACKAGES is not None
+    if not mapped:
+        requirements_utils._MODULES_TO_PACKAGES = {}
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    finally:
+        if not mapped:  # logging a model later in this process infers its requirements from the full map
+            requirements_utils._MODULES_TO_PACKAGES = None
+
+
+def unchecked_predict(model: PyFuncModel, columns: Sequence[str]) -> Callable[[pd.DataFrame], Any]:
+    """The model's predict for frames of exactly `columns`, float64, in that order.
+
+    The flavor's own predict when the model's signature takes those columns as doubles (or has
+    no input schema), since MLflow's per-call check would hand it the same frame; `model.predict`
+    otherwise.
+    """
+    from mlflow.types.schema import DataType
+
+    metadata = model.metadata
+    schema = metadata.get_input_schema()
+    conforming = schema is None or (
+        not schema.is_tensor_spec()
+        and schema.input_names() == list(columns)
+        and all(kind == DataType.double for kind in schema.input_types())
+    )
+    if (
+        not conforming
+        or metadata.get_params_schema() is not None
+        or metadata._is_signature_from_type_hint()
+        or metadata._is_type_hint_from_example()
+    ):
+        return model.predict
+    return getattr(model._model_impl, metadata.flavors["python_function"].get("predict_fn", "predict"))
 
 
 def quiet_artifact_progress() -> None:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, data, datasets, drift, registry, splits, tracking
+from pipeline import cli, data, datasets, drift, mlflow_compat, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
@@ -162,7 +162,7 @@ def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch
     batch = data.load(batch_path, target=data.TARGET_OPTIONAL)
     _check_size(batch.source, "batch", len(batch.X), min_batch)
     version, load_uri = registry.pin(model_uri)
-    model = mlflow.pyfunc.load_model(load_uri)
+    model = mlflow_compat.load_pyfunc(load_uri)
     run_id = version.run_id if version else model.metadata.run_id
     reference = _load_reference(reference_path, run_id, model_uri)
     _check_size(reference.description, "reference", len(reference.X), min_batch)

@@ -2,7 +2,7 @@
 
 The steps' command lines are built from these (`cli.build_parser`), the step functions take
 their defaults from them and check their values with them before anything is loaded or
-logged, and MLproject's entry points must agree with them (tests/test_params.py checks all
+logged, and MLproject's entry points must agree with them (tests/code/test_params.py checks all
 six entry points against the command lines and the function signatures).
 
 No MLflow here: `pipeline.data` and `pipeline.quantization` check values with these too.

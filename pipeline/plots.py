@@ -4,6 +4,7 @@ global pyplot state is involved."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 
@@ -57,5 +58,56 @@ def coefficients_float_vs_quantized(
     ax.set_ylabel("coefficient × feature std (100k$)")
     ax.set_title(f"Coefficients: float vs int{bits}, largest gap {np.max(np.abs(standardized - dequantized)):.4f}")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def quantized_vs_float(
+    float_pred: np.ndarray, quantized_pred: np.ndarray, bound: np.ndarray, bits: int, violations: int
+) -> Figure:
+    """Quantized against float predictions, and each row's error against its guaranteed bound."""
+    error = np.abs(quantized_pred - float_pred)
+    fig = Figure(figsize=(10, 4.5))
+    left, right = fig.subplots(1, 2)
+    left.scatter(float_pred, quantized_pred, s=4, alpha=0.3, color="tab:blue")
+    low = float(min(float_pred.min(), quantized_pred.min()))
+    high = float(max(float_pred.max(), quantized_pred.max()))
+    left.plot([low, high], [low, high], color="tab:red", linewidth=1, label="identical")
+    left.set_xlabel("float model prediction (100k$)")
+    left.set_ylabel(f"int{bits} model prediction (100k$)")
+    left.legend(loc="upper left")
+    right.scatter(bound, error, s=4, alpha=0.3, color="tab:blue")
+    top = float(bound.max())
+    right.plot([0, top], [0, top], color="tab:red", linewidth=1, label="error = bound")
+    right.set_xlabel("error bound ρ·Σ|x−μ|/σ (100k$)")
+    right.set_ylabel("|quantized − float| (100k$)")
+    right.legend(loc="upper left")
+    fig.suptitle(f"int{bits} vs float on the held-out rows: {violations} rows over the bound")
+    fig.tight_layout()
+    return fig
+
+
+def quantization_frontier(frontier: pd.DataFrame, float_param_bytes: int) -> Figure:
+    """Size against accuracy: test R² and mean |Δprediction| per bit width, the float model as a point.
+
+    `frontier` has a row per bit width: bits, param_bytes, test_r2, r2_delta, pred_mean_abs_diff,
+    error_bound_max.
+    """
+    fig = Figure(figsize=(10, 4.5))
+    left, right = fig.subplots(1, 2)
+    left.plot(frontier["param_bytes"], frontier["test_r2"], marker="o", color="tab:blue", label="quantized")
+    float_r2 = float((frontier["test_r2"] - frontier["r2_delta"]).iloc[0])
+    left.scatter([float_param_bytes], [float_r2], color="tab:red", zorder=3, label="float64")
+    for row in frontier.itertuples():
+        left.annotate(f"int{row.bits}", (row.param_bytes, row.test_r2), textcoords="offset points", xytext=(4, 4))
+    left.set_xlabel("parameter bytes")
+    left.set_ylabel("test R²")
+    left.legend(loc="lower right")
+    right.semilogy(frontier["bits"], frontier["pred_mean_abs_diff"], marker="o", label="mean |quantized − float|")
+    right.semilogy(frontier["bits"], frontier["error_bound_max"], marker="s", label="largest error bound")
+    right.set_xlabel("bits")
+    right.set_ylabel("100k$")
+    right.legend(loc="upper right")
+    fig.suptitle("Quantization frontier on the held-out rows")
     fig.tight_layout()
     return fig

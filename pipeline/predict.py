@@ -17,8 +17,9 @@ import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -28,7 +29,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
 
-from pipeline import cli, data, paths, registry, splits, tracking
+from pipeline import cli, data, mlflow_compat, paths, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
@@ -43,7 +44,7 @@ from pipeline.params import (
     SPARK_ENV_MANAGER,
     SPARK_MASTER,
 )
-from pipeline.scoring import NonFinitePredictions, raw_predictions
+from pipeline.scoring import NonFinitePredictions, predictor, raw_predictions
 
 log = logging.getLogger(__name__)
 
@@ -145,64 +146,94 @@ def predict(
         return spark_predict.predict(
             model_uri, input_path, output_path, experiment_name, spark_master, spark_env_manager
         )
+    output = _checked_output(output_path, input_path, model_uri)
+    version, load_uri = registry.pin(model_uri)
+    batch = open_csv(input_path, chunksize) if input_path else None
+    try:
+        model = mlflow_compat.load_pyfunc(load_uri)
+        batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
+        if batch.data_file:
+            paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
+        show = sys.stderr.isatty() if progress is None else progress
+        with _temporary_file(output) as temporary:
+            started = time.perf_counter()
+            with progress_bar(batch.total_rows, show) as bar:
+                n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
+            rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
+            result = PredictResult(
+                run_id="",
+                model_uri=model_uri,
+                version=str(version.version) if version else None,
+                input_source=batch.source,
+                output_path=str(output),
+                n_rows=n_rows,
+                rows_per_second=rows_per_second,
+                metrics=errors.metrics(),
+                sample=sample,
+            )
+            # As given (`mlflow run` has already logged these as spelled), then as resolved.
+            given = {"model_uri": model_uri, "input": input_path or "", "output": str(output_path)}
+            resolved = {"model_version": result.version or "", "model_run_id": model.metadata.run_id or ""}
+            run_id = _log_run(result, given, {**resolved, "chunksize": chunksize}, experiment_name, temporary)
+    finally:
+        if batch is not None:
+            batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
+    log.info("scored %d rows at %.0f rows/s into %s", n_rows, rows_per_second, output)
+    return replace(result, run_id=run_id)
+
+
+def _checked_output(output_path: str | Path, input_path: str | None, model_uri: str) -> Path:
+    """The output's absolute path, once it is known to be a new or replaceable file in an existing folder.
+
+    Raises:
+        PipelineError: A folder, a missing folder, or a file predict must not replace (`pipeline.paths`).
+    """
     output = Path(output_path).resolve()
     if output.is_dir():
         raise PipelineError(f"output {output} is a folder; give a file name")
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
     paths.check_output(output_path, _inputs(input_path, model_uri))
-    version, load_uri = registry.pin(model_uri)
-    batch = open_csv(input_path, chunksize) if input_path else None
+    return output
+
+
+@contextlib.contextmanager
+def _temporary_file(output: Path) -> Iterator[str]:
+    """A new file beside `output`, removed when the block ends unless it was renamed into place.
+
+    Raises:
+        PipelineError: The output folder cannot be written.
+    """
     try:
-        model = mlflow.pyfunc.load_model(load_uri)
-        batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
-        if batch.data_file:
-            paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
-        show = sys.stderr.isatty() if progress is None else progress
-        try:
-            handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        except OSError as err:
-            raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
-        try:
-            os.close(handle)
-            started = time.perf_counter()
-            with progress_bar(batch.total_rows, show) as bar:
-                n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
-            rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
-            metrics = errors.metrics()
-            resolved = f"version {version.version}" if version else "no registered version"
-            description = f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) into {output}."
-            with tracking.step_run("predict", "predict", description, experiment_name) as run:
-                # As given (`mlflow run` has already logged these as spelled), then as resolved.
-                tracking.log_params({"model_uri": model_uri, "input": input_path or "", "output": str(output_path)})
-                mlflow.log_params(
-                    {
-                        "model_version": version.version if version else "",
-                        "model_run_id": model.metadata.run_id or "",
-                        "input_source": batch.source,
-                        "output_path": str(output),
-                        "chunksize": chunksize,
-                    }
-                )
-                mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
-                _publish(temporary, output)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
+    try:
+        os.close(handle)
+        yield temporary
     finally:
-        if batch is not None:
-            batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
-    log.info("scored %d rows at %.0f rows/s into %s", n_rows, rows_per_second, output)
-    return PredictResult(
-        run_id=run.info.run_id,
-        model_uri=model_uri,
-        version=str(version.version) if version else None,
-        input_source=batch.source,
-        output_path=str(output),
-        n_rows=n_rows,
-        rows_per_second=rows_per_second,
-        metrics=metrics,
-        sample=sample,
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _log_run(
+    result: PredictResult, given: dict[str, str], resolved: dict[str, Any], experiment_name: str, temporary: str
+) -> str:
+    """Logs the run and, inside it, renames the predictions into place: a failure to publish fails the run.
+
+    Returns:
+        The run's id.
+    """
+    version = f"version {result.version}" if result.version else "no registered version"
+    description = (
+        f"Scored {result.n_rows} rows of {result.input_source} with {result.model_uri} ({version}) "
+        f"into {result.output_path}."
     )
+    with tracking.step_run("predict", "predict", description, experiment_name) as run:
+        tracking.log_params(given)
+        mlflow.log_params({**resolved, "input_source": result.input_source, "output_path": result.output_path})
+        mlflow.log_metrics({"n_rows": result.n_rows, "rows_per_second": result.rows_per_second, **result.metrics})
+        _publish(temporary, Path(result.output_path))
+    return run.info.run_id
 
 
 def _inputs(input_path: str | None, model_uri: str) -> list[tuple[str, str]]:
@@ -286,6 +317,7 @@ def score(
         PipelineError: The file cannot be written.
         DataError: A prediction is not finite; every chunk is read to count such rows.
     """
+    predict = predictor(model)
     errors = RunningErrors()
     unusable = NonFinitePredictions()
     samples = []
@@ -293,7 +325,7 @@ def score(
     writer = None
     try:
         for chunk in chunks:
-            pred = raw_predictions(model, chunk[list(FEATURES)])
+            pred = raw_predictions(predict, chunk[list(FEATURES)])
             unusable.add(pred, chunk.index)
             if unusable.count:
                 continue  # the file is refused; the rest is read only to count such rows

@@ -18,7 +18,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -235,7 +234,8 @@ def quantize(
                 runs[width] = (child.info.run_id, *_log_quantized(source, evaluation))
         frontier = pd.DataFrame([{"bits": width, "run_id": runs[width][0], **runs[width][2]} for width in widths])
         mlflow.log_text(frontier.to_csv(index=False), "frontier.csv")
-        mlflow.log_figure(_frontier_figure(frontier, source), "plots/frontier.png")
+        float_bytes = float_param_bytes(source.model.coef_, source.model.intercept_)
+        mlflow.log_figure(plots.quantization_frontier(frontier, float_bytes), "plots/frontier.png")
         run_id, model_info, metrics = runs[bits]
         version = _register(model_info, run_id, source, evaluations[bits])
     return _result(run_id, version, metrics, frontier)
@@ -273,7 +273,16 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
     )
     splits.log_split_record(source.split_record)
     mlflow.log_text(evaluation.coefficients.to_csv(index=False), "coefficients.csv")
-    mlflow.log_figure(_prediction_figure(evaluation), "plots/quantized_vs_float.png")
+    mlflow.log_figure(
+        plots.quantized_vs_float(
+            evaluation.float_pred,
+            evaluation.quantized_pred,
+            evaluation.bound,
+            params.bits,
+            int(evaluation.metrics["error_bound_violations"]),
+        ),
+        "plots/quantized_vs_float.png",
+    )
     table = evaluation.coefficients
     mlflow.log_figure(
         plots.coefficients_float_vs_quantized(
@@ -320,59 +329,6 @@ def _result(
     run_id: str, version: ModelVersion, metrics: dict[str, float], frontier: pd.DataFrame | None = None
 ) -> QuantizeResult:
     return QuantizeResult(run_id, str(version.version), registry.version_uri(version), dict(metrics), frontier)
-
-
-def _prediction_figure(evaluation: Evaluation) -> Figure:
-    """Quantized against float predictions, and each row's error against its guaranteed bound."""
-    bits = evaluation.params.bits
-    error = np.abs(evaluation.quantized_pred - evaluation.float_pred)
-    fig = Figure(figsize=(10, 4.5))
-    left, right = fig.subplots(1, 2)
-    left.scatter(evaluation.float_pred, evaluation.quantized_pred, s=4, alpha=0.3, color="tab:blue")
-    low = float(min(evaluation.float_pred.min(), evaluation.quantized_pred.min()))
-    high = float(max(evaluation.float_pred.max(), evaluation.quantized_pred.max()))
-    left.plot([low, high], [low, high], color="tab:red", linewidth=1, label="identical")
-    left.set_xlabel("float model prediction (100k$)")
-    left.set_ylabel(f"int{bits} model prediction (100k$)")
-    left.legend(loc="upper left")
-    right.scatter(evaluation.bound, error, s=4, alpha=0.3, color="tab:blue")
-    top = float(evaluation.bound.max())
-    right.plot([0, top], [0, top], color="tab:red", linewidth=1, label="error = bound")
-    right.set_xlabel("error bound ρ·Σ|x−μ|/σ (100k$)")
-    right.set_ylabel("|quantized − float| (100k$)")
-    right.legend(loc="upper left")
-    violations = int(evaluation.metrics["error_bound_violations"])
-    fig.suptitle(f"int{bits} vs float on the held-out rows: {violations} rows over the bound")
-    fig.tight_layout()
-    return fig
-
-
-def _frontier_figure(frontier: pd.DataFrame, source: Source) -> Figure:
-    """Size against accuracy: test R² and mean |Δprediction| per bit width."""
-    fig = Figure(figsize=(10, 4.5))
-    left, right = fig.subplots(1, 2)
-    left.plot(frontier["param_bytes"], frontier["test_r2"], marker="o", color="tab:blue", label="quantized")
-    float_r2 = float((frontier["test_r2"] - frontier["r2_delta"]).iloc[0])
-    left.scatter(
-        [float_param_bytes(source.model.coef_, source.model.intercept_)],
-        [float_r2],
-        color="tab:red",
-        zorder=3,
-        label="float64",
-    )
-    for row in frontier.itertuples():
-        left.annotate(f"int{row.bits}", (row.param_bytes, row.test_r2), textcoords="offset points", xytext=(4, 4))
-    left.set_xlabel("parameter bytes")
-    left.set_ylabel("test R²")
-    left.legend(loc="lower right")
-    right.semilogy(frontier["bits"], frontier["pred_mean_abs_diff"], marker="o", label="mean |quantized − float|")
-    right.semilogy(frontier["bits"], frontier["error_bound_max"], marker="s", label="largest error bound")
-    right.set_xlabel("bits")
-    right.set_ylabel("100k$")
-    right.legend(loc="upper right")
-    fig.suptitle("Quantization frontier on the held-out rows")
-    fig.tight_layout()
-    return fig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from pipeline.config import FEATURES
 from pipeline.errors import DataError, PipelineError
+from pipeline.mlflow_compat import unchecked_predict
 
 
 def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin: str) -> np.ndarray:
@@ -25,15 +29,20 @@ def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin:
         DataError: A prediction is infinite or NaN (finite features so extreme that the model's
             sum overflows); names the first such row and how many there are.
     """
-    values = raw_predictions(model, X)
+    values = raw_predictions(predictor(model), X)
     unusable = NonFinitePredictions()
     unusable.add(values, X.index)
     unusable.check(origin)
     return values
 
 
-def raw_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.ndarray:
-    """The model's predictions as one float64 per row, finite or not.
+def predictor(model: mlflow.pyfunc.PyFuncModel) -> Callable[[pd.DataFrame], Any]:
+    """The model's predict for validated features (`config.FEATURES`, float64, in order)."""
+    return unchecked_predict(model, FEATURES)
+
+
+def raw_predictions(predict: Callable[[pd.DataFrame], Any], X: pd.DataFrame) -> np.ndarray:
+    """`predict(X)` as one float64 per row, finite or not.
 
     Raises:
         PipelineError: The model returned something else than one number per row.
@@ -41,7 +50,7 @@ def raw_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame) -> np.nda
     # An overflow is reported, with its row, by NonFinitePredictions, not as numpy's warning.
     with np.errstate(over="ignore", invalid="ignore"):
         try:
-            raw = model.predict(X)
+            raw = predict(X)
         except MlflowException as err:
             # This project's models refuse predictions that overflow (served_model.checked_predictions)
             # and carry them on the error, so that the rows are named and counted as for any model.

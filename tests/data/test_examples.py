@@ -3,9 +3,7 @@ uses is made by that command before the command appears."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -15,14 +13,17 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import data, examples
 from pipeline.config import EXIT_ERROR, FEATURES, TARGET
-from pipeline.mlflow_compat import scoring_server_env
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
 MAKE = "python -m pipeline.examples"
+
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
 # Where a command reads a file: the steps' input flags, `mlflow run -P`, and curl's @file.
 INPUT = re.compile(r"(?:--(?:data|input|batch|reference)\s+|-P (?:data|input|batch|reference)=|@)([\w./$-]+\.csv)")
+
 NAMES = {"my_houses.csv", "new_houses.csv", "nodrift.csv", "shift.csv", "north.csv", "small.csv"}
 
 
@@ -140,15 +141,3 @@ def test_every_input_a_command_reads_is_made_before_it(page: Path) -> None:
 def test_readme_uses_the_example_inputs() -> None:
     used = {Path(p).name for line in commands(ROOT / "README.md") for p in INPUT.findall(line)}
     assert {"my_houses.csv", "new_houses.csv", "shift.csv"} <= used
-
-
-@pytest.mark.integration
-def test_the_readme_command_makes_them(tmp_path: Path) -> None:
-    """The command as the README shows it, in a fresh folder, with this interpreter's environment."""
-    shown = [line for line in commands(ROOT / "README.md") if line.startswith(MAKE)]
-    assert shown == [MAKE]
-    env = scoring_server_env(os.environ)  # this interpreter's `python` first on PATH
-    done = subprocess.run(["bash", "-c", shown[0]], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert {p.name for p in (tmp_path / examples.DEFAULT_DIR).iterdir()} == NAMES
-    assert len(done.stdout.splitlines()) == len(NAMES)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import logging
 import re
-import socket
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, registry, splits
+from pipeline import data, mlflow_compat, registry, splits
 from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors, regression_metrics
@@ -22,13 +22,6 @@ from pipeline.predict import ERROR, format_report, main, predict, score
 
 # One alias per flavor: the float (scikit-learn) model and the quantized (python_function) one.
 SCORED_ALIASES = ["challenger", "quantized"]
-
-# First held-out rows as the original scripts printed them (float model, default split).
-SEED_SAMPLE = [
-    "True: 0.48 | Predicted: 0.72 | Diff: 0.24",
-    "True: 0.46 | Predicted: 1.76 | Diff: 1.31",
-    "True: 5.00 | Predicted: 2.71 | Diff: 2.29",
-]
 
 
 def read_output(path: Path) -> pd.DataFrame:
@@ -125,19 +118,6 @@ def test_chunked_csv_equals_the_models_own_predictions(
     np.testing.assert_allclose(read_output(tmp_path / "out.csv")[PREDICTION], direct, rtol=1e-12, atol=1e-12)
 
 
-def test_float_model_reproduces_the_seed_figures(scoring: str, tmp_path: Path) -> None:
-    result = predict(CHALLENGER_URI, output_path=tmp_path / "out.csv")
-    assert round(result.metrics["test_r2"], 4) == 0.5758
-    assert round(result.metrics["test_mse"], 4) == 0.5559
-    report = format_report(result).splitlines()
-    assert "R² Score: 0.5758" in report
-    assert "Mean Squared Error: 0.5559" in report
-    start = report.index("Sample Predictions (first 10):")
-    assert report[start + 1 : start + 4] == SEED_SAMPLE
-    assert len([line for line in report if line.startswith("True: ")]) == 10
-    assert f"Model: {CHALLENGER_URI} (version {result.version})" in report
-
-
 def test_csv_without_target_streams_in_chunks(scoring: str, tmp_path: Path, held_out: pd.DataFrame) -> None:
     source = tmp_path / "houses.csv"
     # Whole numbers written without a decimal point, as many tools do, are read as integers.
@@ -186,7 +166,9 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 HEADER = ",".join(FEATURES)
+
 ROW = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23"
+
 ROWS = "\n".join([ROW] * 12)
 
 # Each bad input and a piece of the one-line error it must get.
@@ -355,51 +337,56 @@ def test_monitor_refuses_overflowing_predictions(scoring: str, tmp_path: Path, h
     )
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@contextlib.contextmanager
+def mlflow_warnings(logger: str) -> Iterator[list[str]]:
+    """The messages MLflow's `logger` logs in the block (MLflow's loggers do not propagate to pytest's)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
-@pytest.mark.integration
-def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [python, "-m", "pipeline", "predict", "--output", "p.csv"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    champion = registry.version_by_alias("champion")
-    logged = MlflowClient().get_run(champion.run_id).data.metrics
-    assert f"Model: models:/{MODEL_NAME}@champion (version {champion.version})\n" in result.stdout
-    assert (
-        f"Model Performance:\nR² Score: {logged['test_r2']:.4f}\nMean Squared Error: {logged['test_mse']:.4f}\n"
-        in result.stdout
-    )
-    assert len(re.findall(r"^True: \d+\.\d\d \| Predicted: -?\d+\.\d\d \| Diff: \d+\.\d\d$", result.stdout, re.M)) == 10
-    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
-    assert len(read_output(tmp_path / "p.csv")) == 4128
+def test_model_loads_with_mlflows_requirement_warnings_without_scanning_every_package(
+    scoring: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.utils import requirements_utils
 
-    uri = f"http://127.0.0.1:{closed_port()}"
-    refused = f"error: tracking server {uri} is unreachable ([Errno 111] Connection refused); start it or set "
-    refused += "MLFLOW_TRACKING_URI"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    result = subprocess.run(
-        [python, "-m", "pipeline", "predict", "--output", "q.csv"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        # MLflow alone retries a refused connection with backoff for minutes.
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [refused]
-    assert not (tmp_path / "q.csv").exists()
-    # Every step asks first, not only predict.
-    result = subprocess.run(
-        [python, "-m", "pipeline", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [refused])
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@quantized", dst_path=str(tmp_path)))
+    (model_dir / "requirements.txt").write_text("mlflow\nnumpy==0.0.1\nnot-a-housing-package==1.0\n")
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    with mlflow_warnings(requirements_utils.__name__) as expected:
+        mlflow.pyfunc.load_model(str(model_dir))
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+
+    def scan() -> None:
+        raise AssertionError("every installed distribution was scanned")
+
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", scan)
+    with mlflow_warnings(requirements_utils.__name__) as warned:
+        model = mlflow_compat.load_pyfunc(str(model_dir))
+    assert len(expected) == 1 and "numpy==0.0.1" in expected[0] and "not-a-housing-package==1.0" in expected[0]
+    assert warned == expected
+    assert requirements_utils._MODULES_TO_PACKAGES is None  # a model logged later infers its requirements in full
+    assert model.metadata.model_uuid == mlflow.models.Model.load(str(model_dir)).model_uuid
+
+
+def test_conforming_frames_skip_mlflows_signature_check_with_the_same_predictions(
+    scoring: str, held_out: pd.DataFrame
+) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    X = held_out[list(FEATURES)]
+    for alias in SCORED_ALIASES:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{alias}")
+        unchecked = mlflow_compat.unchecked_predict(model, FEATURES)
+        assert unchecked.__self__ is model._model_impl
+        np.testing.assert_array_equal(unchecked(X), model.predict(X))
+    # Where MLflow's check would reorder or convert the columns, it stays.
+    for columns in ([ColSpec("double", name) for name in reversed(FEATURES)], [ColSpec("long", n) for n in FEATURES]):
+        model.metadata.signature = ModelSignature(inputs=Schema(columns))
+        assert mlflow_compat.unchecked_predict(model, FEATURES) == model.predict

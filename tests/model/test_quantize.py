@@ -1,6 +1,6 @@
 """The `quantize` step: the math on synthetic data, the bound on the real held-out rows, the
 seeds' failure mode, and the registered model through pyfunc. The real scoring server serving
-the `quantized` alias is tested in tests/test_serve.py."""
+the `quantized` alias is tested in tests/integration/test_serve.py."""
 
 from __future__ import annotations
 
