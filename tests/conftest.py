@@ -87,6 +87,9 @@ def tracking_uri(tmp_path: Path, empty_db: Path) -> Iterator[str]:
 def _restored_tracking() -> Iterator[None]:
     """Restores the tracking URI of this process and its subprocesses after the block."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
+    # A session fixture built before this one may have left it set (module fixtures start before
+    # the autouse fixture that clears it for each test).
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     try:
         yield
     finally:
