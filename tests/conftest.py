@@ -59,6 +59,17 @@ def activate(store: Store) -> None:
     mlflow.set_tracking_uri(store.uri)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _working_folder_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """MLflow puts a new experiment's artifacts in `./mlruns` of the working folder: each test session
+    (each pytest-xdist worker) works in a temp folder of its own, so nothing lands in the checkout and
+    workers never write into each other's artifact folders."""
+    previous = Path.cwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(autouse=True)
 def _no_experiment_id_from_earlier_tests(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; a test that ran steps in process without

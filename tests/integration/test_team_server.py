@@ -108,7 +108,7 @@ def test_every_step_and_mlflow_run_log_through_the_server(history: History) -> N
     assert by_step == expected
     assert {r.info.status for r in runs} == {"FINISHED"}
     (first,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "train"]
-    assert first.data.tags["mlflow.runName"] == "train"
+    assert first.data.tags["mlflow.runName"] == "train · sklearn data · split 42"
     (project,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
     assert project.data.tags["mlflow.runName"] == "pipeline"
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == project.info.run_id]) == 3
