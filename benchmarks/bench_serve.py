@@ -32,7 +32,7 @@ from bench_predict import OUT, ROOT, STORE, ensure_models, tracking_env
 sys.path.insert(0, str(ROOT))
 from pipeline.store import stop
 from tests.conftest import Store
-from tests.test_serve import launch, wait_until_up
+from tests.integration.test_serve import launch, wait_until_up
 
 CLIENTS = 8
 

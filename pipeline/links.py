@@ -48,9 +48,19 @@ class UiLocation:
     command: str | None
 
 
+def without_password(uri: str) -> str:
+    """`uri` as it may be printed: a password in it (`postgresql://user:secret@host/db`,
+    `http://user:secret@host`) becomes `***`, so summaries and CI logs never carry it."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def ui_command(backend_uri: str, artifacts: Path | None = None) -> str:
     """`mlflow ui` over a store, as the README writes it, with every path absolute."""
-    words = ["mlflow", "ui", "--backend-store-uri", backend_uri]
+    words = ["mlflow", "ui", "--backend-store-uri", without_password(backend_uri)]
     if artifacts is not None:
         words += ["--artifacts-destination", str(artifacts)]
     words += ["--port", str(UI_PORT)]
@@ -70,7 +80,7 @@ def locate(tracking_uri: str) -> UiLocation:
         # A server over a tracking directory, stopped with the command that started it.
         return UiLocation(LOCAL_UI, directory_ui_command(Path(directory)))
     if tracking_uri.startswith(("http://", "https://")):
-        return UiLocation(tracking_uri.rstrip("/"), None)
+        return UiLocation(without_password(tracking_uri).rstrip("/"), None)
     database = store.sqlite_path(tracking_uri)
     backend = store.sqlite_uri(database.resolve()) if database is not None else tracking_uri
     return UiLocation(LOCAL_UI, ui_command(backend))
@@ -125,8 +135,12 @@ def serve_hint(tracking_uri: str, model_uri: str) -> str:
     if directory and tracking_uri.startswith(("http://", "https://")):
         # The server that logged the run is gone; one over the same directory serves the models again.
         return f"python -m pipeline.store --dir {shlex.quote(str(Path(directory).resolve()))} -- {command}"
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        return command  # MLflow's default store, ./mlflow.db, which `mlflow models serve` opens too
     database = store.sqlite_path(tracking_uri)
-    uri = store.sqlite_uri(database.resolve()) if database is not None else tracking_uri
+    # MLflow's default store, ./mlflow.db, which `mlflow models serve` opens too (`mlflow run`
+    # names it in MLFLOW_TRACKING_URI for its entry point: the same file).
+    if "MLFLOW_TRACKING_URI" not in os.environ or (
+        database is not None and database.resolve() == Path(store.DB_FILE).resolve()
+    ):
+        return command
+    uri = store.sqlite_uri(database.resolve()) if database is not None else without_password(tracking_uri)
     return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} {command}"

@@ -84,6 +84,15 @@ Elsewhere (the code stays with its caller):
 - `pipeline.tracking.log_params`: `mlflow run` logs an entry point's parameters as the command
   line spelled them (`0.20`, `''`), and MLflow refuses to log a key again with another value;
   only the keys the run lacks are logged.
+- `pipeline.links` and `pipeline.tracking.mark_model_training`: the UI (3.17.2) chooses its
+  GenAI or model-training view from the URL's `workflowType=machine_learning` (not from the
+  experiment), and reads a saved runs-table view from the experiment tag
+  `mlflow.sharedViewState.<key>` named by `viewStateShareKey` in the URL; both are the UI's
+  internal formats (its "Share" button writes the tag). Check on an upgrade: the printed links
+  open the model-training view and the saved view (tests/integration/test_ui_links.py).
+- `pipeline.lease._created`: `create_registered_model` on a name that exists re-reads the
+  clashing model (`store/model_registry/sqlalchemy_store.py`), so a lease deleted in between
+  surfaces as RESOURCE_DOES_NOT_EXIST; both mean "someone else created it".
 - No code: after SIGINT, `mlflow run` marks its run FAILED over the KILLED our step set:
   `projects/__init__.py` `_maybe_set_run_terminated` passes the status string to
   `entities/run_status.py` `RunStatus.is_terminated`, which compares numbers, so it always
@@ -131,8 +140,9 @@ def import_skops_first() -> None:
     """Imports skops, MLflow's safe format for scikit-learn models, before MLflow is loaded.
 
     skops looks up each of its trusted types in every loaded module, so importing it before
-    MLflow's thousands of modules makes a step start sooner. Every step loads or logs a
-    scikit-learn model, so it is needed anyway.
+    MLflow's thousands of modules makes a step start sooner. The steps that always load or log
+    a scikit-learn model (`pipeline.__main__.SKLEARN_STEPS`) import it first; `predict` does not,
+    as scoring the quantized champion needs neither skops nor scikit-learn.
     """
     import skops.io  # noqa: F401
 
@@ -190,11 +200,16 @@ def cli_run_name(run_id: str, step_name: str) -> str | None:
     return step_name if GENERATED_RUN_NAME.fullmatch(run.info.run_name or "") else None
 
 
+# How a unique key's clash reads in MLflow's error: SQLite's words, then PostgreSQL's.
+UNIQUE_KEY_CLASHES = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
+
 def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
     """Runs an idempotent MLflow write again when it lost a race with another process.
 
-    With processes sharing a SQLite store, MLflow's check-then-insert writes (moving an alias,
-    logging a data set an experiment already has) can fail on a unique key when another process
+    With processes sharing a store (a SQLite file, or a server's database), MLflow's
+    check-then-insert writes (moving an alias, logging a data set an experiment already has,
+    setting an experiment tag) can fail on a unique key when another process
     did the same at the same moment; the next attempt finds the row and succeeds.
     """
     from mlflow.exceptions import MlflowException
@@ -203,7 +218,7 @@ def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
         try:
             return call()
         except MlflowException as err:
-            if "UNIQUE constraint failed" not in str(err):
+            if not any(clash in str(err) for clash in UNIQUE_KEY_CLASHES):
                 raise
             log.info("%s was written by another process at the same time; retrying", what)
             time.sleep(0.05 * attempt)

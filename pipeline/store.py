@@ -213,12 +213,6 @@ def _initialize(uri: str, path: Path) -> None:
         engine.dispose()
 
 
-def server_command(root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The `mlflow server` command that serves the tracking directory `root`, artifacts included."""
-    root = Path(root).resolve()
-    return proxy_server_command(backend_uri(root), root / ARTIFACTS_DIR, host=host, port=port)
-
-
 def proxy_server_command(
     backend_store_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000
 ) -> list[str]:

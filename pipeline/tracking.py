@@ -54,7 +54,11 @@ def mark_model_training(experiment: Experiment) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         if experiment.tags.get(key) != value:
-            client.set_experiment_tag(experiment.experiment_id, key, value)
+            # Steps starting together on a new experiment all set the same tags.
+            mlflow_compat.retry_lost_race(
+                lambda key=key, value=value: client.set_experiment_tag(experiment.experiment_id, key, value),
+                f"experiment tag {key}",
+            )
 
 
 @contextmanager
