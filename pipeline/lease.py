@@ -22,8 +22,8 @@ when the name exists (the name is the table's primary key, in every SQL store). 
   id. Just before deleting the lease it reads both again and goes on only if the lease still names
   the dead holder and the marker is still its own; then it deletes its marker and competes to
   acquire like anyone else. A later waiter that gets the marker finds another holder's lease and
-  leaves it. A marker left by a waiter that died mid-take-over is taken for stale after `2 * ttl`
-  (twice the lease's, so a taker that is merely slow keeps it) and removed.
+  leaves it. A marker left by a waiter that died mid-take-over is taken for stale after twice its
+  maker's `ttl` (tagged on it), so a taker that is merely slow keeps it, and removed.
 - **Release**: the holder deletes the lease in `finally`, if it still names it; a registry that
   cannot be reached then is logged and left to the TTL, never raised over the block's own error.
 
@@ -156,7 +156,7 @@ def _take_over(taker: Lease, stale_holder: str, ttl: float, markers: dict[str, _
         Whether this call deleted the lease.
     """
     marker = TAKEOVER_PREFIX + stale_holder.replace(":", "-")
-    ours = _create(marker, {HOLDER_TAG: taker.holder})
+    ours = _create(marker, {HOLDER_TAG: taker.holder, TTL_TAG: f"{2 * ttl:g}"})
     if ours is None:
         _remove_if_stale(marker, ttl, markers.setdefault(marker, _Staleness()))
         return False
@@ -180,7 +180,7 @@ def _take_over(taker: Lease, stale_holder: str, ttl: float, markers: dict[str, _
 
 
 def _remove_if_stale(marker: str, ttl: float, watch: _Staleness) -> None:
-    """Deletes a take-over marker unchanged for `2 * ttl` seconds: its maker died mid-take-over."""
+    """Deletes a take-over marker unchanged for its TTL (`2 * ttl` untagged): its maker died mid-take-over."""
     current = _read(marker)
     if current is not None and watch.stale(current, default_ttl=2 * ttl):
         log.warning("removing %s, left by a process that died while taking over the lease", marker)
