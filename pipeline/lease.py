@@ -18,15 +18,22 @@ when the name exists (the name is the table's primary key, in every SQL store). 
   (no clocks are compared across machines) takes the holder for dead: killed, or its machine
   gone.
 - **Take over**: only one waiter may remove a stale lease: the one that creates the marker
-  `california-housing.promote-lease.takeover-<holder id>` (atomic, as above). It checks that the
-  lease still names that holder, deletes it, deletes its marker, and competes to acquire like
-  anyone else. A later waiter that gets the marker finds another holder's lease and leaves it.
-  A marker left by a waiter that died mid-take-over is itself stale after `ttl` and removed.
-- **Release**: the holder deletes the lease in `finally`, if it still names it.
+  `california-housing.promote-lease.takeover-<holder id>` (atomic, as above), tagged with its own
+  id. Just before deleting the lease it reads both again and goes on only if the lease still names
+  the dead holder and the marker is still its own; then it deletes its marker and competes to
+  acquire like anyone else. A later waiter that gets the marker finds another holder's lease and
+  leaves it. A marker left by a waiter that died mid-take-over is taken for stale after twice its
+  maker's `ttl` (tagged on it), so a taker that is merely slow keeps it, and removed.
+- **Release**: the holder deletes the lease in `finally`, if it still names it; a registry that
+  cannot be reached then is logged and left to the TTL, never raised over the block's own error.
 
 The assumption, as for every lease: a holder that is alive renews within `ttl`. A process
 stopped longer than that (SIGSTOP, a suspended laptop) loses the lease; it notices when it next
-checks (`check_held`) or renews, and promote checks before it moves any alias.
+checks (`check_held`) or renews. The registry has no conditional delete, so each read-then-delete
+above (take-over, release) leaves a short window in which a process stopped right there can
+delete a lease that has just changed hands. What guarantees that no two promotions move aliases
+at once is that promote calls `check_held()` immediately before it moves any alias: a holder whose
+lease was deleted or replaced stops there with nothing moved.
 
 Both names show in the registry's model list; their description says what they are. The lease
 exists only while a promotion runs.
@@ -40,7 +47,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -108,62 +115,74 @@ def promotion_lease(ttl: float = DEFAULT_TTL, wait: float = DEFAULT_WAIT) -> Ite
         yield lease
     finally:
         stop.set()
-        renewer.join()
+        # Bounded: a renewal stuck in MLflow's HTTP retries (server down) must not hold up the exit.
+        renewer.join(timeout=ttl / 4)
         _release(lease)
 
 
 def _acquire(lease: Lease, ttl: float, wait: float) -> None:
-    client = MlflowClient()
     tags = {HOLDER_TAG: lease.holder, HEARTBEAT_TAG: "0", TTL_TAG: f"{ttl:g}"}
     watch = _Staleness()
     markers: dict[str, _Staleness] = {}
     deadline = time.monotonic() + wait
     announced = False
     while True:
-        if _created(lambda: client.create_registered_model(LEASE_NAME, tags=tags, description=_DESCRIPTION)):
+        if _create(LEASE_NAME, tags) is not None:
             log.info("holding the promotion lease as %s", lease.holder)
             return
         current = _read(LEASE_NAME)
-        if current is None:
-            continue  # released between our create and our read: try again at once
-        holder = current.tags.get(HOLDER_TAG, "")
-        if watch.stale(current, default_ttl=ttl):
-            _take_over(holder, ttl, markers)
+        holder = current.tags.get(HOLDER_TAG, "") if current is not None else ""
+        # Gone (released between our create and our read) or removed by us: try again at once.
+        freed = current is None or (watch.stale(current, default_ttl=ttl) and _take_over(lease, holder, ttl, markers))
+        if time.monotonic() > deadline:
+            raise PipelineError(
+                f"the promotion lease {LEASE_NAME!r} was held by {holder or 'others'} for more than {wait:.0f} s; "
+                "nothing was moved. If no promotion is running, delete that registered model"
+            )
+        if freed:
             continue
         if not announced:
             log.info("waiting for the promotion lease, held by %s", holder)
             announced = True
-        if time.monotonic() > deadline:
-            raise PipelineError(
-                f"the promotion lease {LEASE_NAME!r} was held by {holder} for more than {wait:.0f} s; "
-                "nothing was moved. If no promotion is running, delete that registered model"
-            )
         time.sleep(POLL)
 
 
-def _take_over(stale_holder: str, ttl: float, markers: dict[str, _Staleness]) -> None:
+def _take_over(taker: Lease, stale_holder: str, ttl: float, markers: dict[str, _Staleness]) -> bool:
     """Removes the lease of a holder that stopped renewing, if this process wins the right to.
 
     `markers` watches the take-over markers other waiters hold, across calls of one acquisition.
+
+    Returns:
+        Whether this call deleted the lease.
     """
-    client = MlflowClient()
     marker = TAKEOVER_PREFIX + stale_holder.replace(":", "-")
-    if not _created(lambda: client.create_registered_model(marker, description=_DESCRIPTION)):
+    ours = _create(marker, {HOLDER_TAG: taker.holder, TTL_TAG: f"{2 * ttl:g}"})
+    if ours is None:
         _remove_if_stale(marker, ttl, markers.setdefault(marker, _Staleness()))
-        return
+        return False
     try:
-        current = _read(LEASE_NAME)
-        if current is not None and current.tags.get(HOLDER_TAG) == stale_holder:
-            log.warning("taking over the promotion lease of %s, not renewed for %g s", stale_holder, ttl)
-            _delete(LEASE_NAME)
+        # Read both again right before the delete: had this process stalled for 2 * ttl since it
+        # made the marker, another waiter may have removed the marker and taken the lease over.
+        current, mine = _read(LEASE_NAME), _read(marker)
+        if (
+            current is None
+            or current.tags.get(HOLDER_TAG) != stale_holder
+            or mine is None
+            or mine.tags.get(HOLDER_TAG) != taker.holder
+            or mine.creation_timestamp != ours.creation_timestamp
+        ):
+            return False
+        log.warning("taking over the promotion lease of %s, not renewed for %g s", stale_holder, ttl)
+        _delete(LEASE_NAME)
+        return True
     finally:
-        _delete(marker)
+        _delete_if_ours(marker, taker)
 
 
 def _remove_if_stale(marker: str, ttl: float, watch: _Staleness) -> None:
-    """Deletes a take-over marker that has stayed for `ttl` seconds: its maker died mid-take-over."""
+    """Deletes a take-over marker unchanged for its TTL (`2 * ttl` untagged): its maker died mid-take-over."""
     current = _read(marker)
-    if current is not None and watch.stale(current, default_ttl=ttl):
+    if current is not None and watch.stale(current, default_ttl=2 * ttl):
         log.warning("removing %s, left by a process that died while taking over the lease", marker)
         _delete(marker)
 
@@ -202,7 +221,9 @@ def _renew(lease: Lease, ttl: float, stop: threading.Event) -> None:
             client.set_registered_model_tag(LEASE_NAME, HEARTBEAT_TAG, str(beat))
         except PipelineError as err:
             # Taken over: the block's own check before it moves anything stops it; renewing cannot help.
-            log.error("%s", err)
+            # After `stop`, the lease is gone because the block released it: nothing to report.
+            if not stop.is_set():
+                log.error("%s", err)
             return
         except MlflowException as err:
             # A missed renewal is one of four per TTL; the next may get through.
@@ -210,21 +231,34 @@ def _renew(lease: Lease, ttl: float, stop: threading.Event) -> None:
 
 
 def _release(lease: Lease) -> None:
-    current = _read(LEASE_NAME)
-    if current is not None and current.tags.get(HOLDER_TAG) == lease.holder:
-        _delete(LEASE_NAME)
-        log.info("released the promotion lease")
-
-
-def _created(create: Callable[[], object]) -> bool:
-    """Runs an atomic create; False when the name exists (or vanished while MLflow described the clash)."""
+    """Deletes the lease if it still names this holder; never raises (runs in `finally`)."""
     try:
-        create()
+        if _delete_if_ours(LEASE_NAME, lease):
+            log.info("released the promotion lease")
+    except (MlflowException, OSError) as err:
+        # Raising here would replace the block's own exception; the TTL frees the lease anyway.
+        log.warning(
+            "could not release the promotion lease %r, others may take it over after its TTL: %s", LEASE_NAME, err
+        )
+
+
+def _delete_if_ours(name: str, lease: Lease) -> bool:
+    """Deletes `name` if it is tagged with this holder; read and delete back to back (no conditional delete exists)."""
+    current = _read(name)
+    if current is None or current.tags.get(HOLDER_TAG) != lease.holder:
+        return False
+    _delete(name)
+    return True
+
+
+def _create(name: str, tags: dict[str, str]) -> RegisteredModel | None:
+    """Runs an atomic create; None when the name exists (or vanished while MLflow described the clash)."""
+    try:
+        return MlflowClient().create_registered_model(name, tags=tags, description=_DESCRIPTION)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-            return False
+            return None
         raise
-    return True
 
 
 def _read(name: str) -> RegisteredModel | None:

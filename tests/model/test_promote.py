@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import registry, store
+from pipeline import lease, registry, store
 from pipeline.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS_CHAMPION, MODEL_NAME
 from pipeline.errors import PipelineError, RejectedError
 from pipeline.lease import HOLDER_TAG, LEASE_NAME, promotion_lease
@@ -91,3 +91,29 @@ def test_a_holder_that_lost_the_lease_is_stopped_and_leaves_the_new_holders_leas
         with pytest.raises(PipelineError, match=r"lost the promotion lease .* \(now held by elsewhere:1:abc\)"):
             held.check_held()
     assert client.get_registered_model(LEASE_NAME).tags[HOLDER_TAG] == "elsewhere:1:abc"
+
+
+def test_a_waiter_leaves_a_live_takers_marker_and_gives_up_at_its_deadline(tracking_uri: str) -> None:
+    # A dead holder's lease (TTL 1 s) that another waiter has just begun to take over.
+    client = MlflowClient()
+    dead = "gone:1:000000000000"
+    client.create_registered_model(LEASE_NAME, tags={HOLDER_TAG: dead, lease.HEARTBEAT_TAG: "0", lease.TTL_TAG: "1"})
+    marker = lease.TAKEOVER_PREFIX + dead.replace(":", "-")
+    client.create_registered_model(marker, tags={HOLDER_TAG: "taker:2:000000000000"})
+    # The marker counts as its maker's for 2 * TTL after we first see it, which is after the
+    # deadline: the waiter sleeps between passes and gives up then, leaving lease and marker alone.
+    with pytest.raises(PipelineError, match=rf"held by {dead} for more than 2 s"), promotion_lease(ttl=1, wait=1.5):
+        pass
+    assert client.get_registered_model(LEASE_NAME).tags[HOLDER_TAG] == dead
+    assert client.get_registered_model(marker).tags[HOLDER_TAG] == "taker:2:000000000000"
+
+
+def test_a_registry_gone_at_release_leaves_the_blocks_own_error(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(ValueError, match="the block's own error"), promotion_lease():
+        # Nothing listens on port 9: the release cannot reach the registry.
+        mlflow.set_tracking_uri("http://127.0.0.1:9")
+        raise ValueError("the block's own error")
+    assert "could not release the promotion lease" in caplog.text
