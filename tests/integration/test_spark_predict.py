@@ -148,6 +148,29 @@ def test_an_earlier_output_is_replaced(spark, scoring: str, inputs: dict[str, Pa
     assert os.listdir(tmp_path) == ["out.parquet"]
 
 
+def test_an_earlier_output_survives_a_failed_rename_of_the_new_one(
+    spark, scoring: str, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out.parquet"
+    output.mkdir()
+    pd.DataFrame({PREDICTION: [1.0]}).to_parquet(output / "part-00000-earlier.parquet")
+    (output / "_SUCCESS").touch()
+    replace = os.replace
+
+    def failing_replace(source, target):
+        # Fault injection: the rename of the new output into place fails, after the earlier one was moved aside.
+        if Path(target) == output and Path(source).name == "parquet":
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left on device"):
+        spark_predict("quantized", inputs["features csv"], output)
+    assert pd.read_parquet(output)[PREDICTION].tolist() == [1.0]
+    assert sorted(os.listdir(output)) == ["_SUCCESS", "part-00000-earlier.parquet"]
+    assert os.listdir(tmp_path) == ["out.parquet"]
+
+
 def _csv(rows: pd.DataFrame, path: Path, change=None) -> Path:
     frame = rows.head(50).astype(object)
     if change:
