@@ -327,11 +327,14 @@ def test_command_line_refuses_bad_input_in_one_line(
 ) -> None:
     source = _csv(rows, tmp_path / "bad.csv", _set("MedInc", [2], ""))
     command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", "local[1]"]
+    temp = tmp_path / "temp"
+    temp.mkdir()
     result = subprocess.run(
         [*command, "--input", str(source), "--output", str(tmp_path / "out.parquet")],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     if "Spark could not start" in result.stderr:
         from tests.conftest import engine_missing
@@ -339,7 +342,33 @@ def test_command_line_refuses_bad_input_in_one_line(
         engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
     expected = f"error: {source}: column 'MedInc', row 3: value is missing (NaN) (1 such cell(s))"
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
-    assert os.listdir(tmp_path) == ["bad.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "temp"]
+    # Spark started and stopped cleanly: its log is not left behind.
+    assert list(temp.glob("housing-mlops-spark-*.log")) == []
+
+
+def test_command_line_with_a_master_spark_refuses_names_its_log_in_one_line(
+    scoring: str, inputs: dict[str, Path], tmp_path: Path, python: str
+) -> None:
+    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", "local[two]"]
+    result = subprocess.run(
+        [*command, "--input", str(inputs["csv file"]), "--output", str(tmp_path / "out.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    if "JAVA_GATEWAY_EXITED" in result.stderr:
+        from tests.conftest import engine_missing
+
+        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    (spark_log,) = tmp_path.glob("housing-mlops-spark-*.log")
+    expected = (
+        "error: Spark could not start on local[two] (org.apache.spark.SparkException: "
+        f"Could not parse Master URL: 'local[two]'; its log: {spark_log})"
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
+    assert os.listdir(tmp_path) == [spark_log.name]
 
 
 def test_command_line_without_java_says_what_to_install(
