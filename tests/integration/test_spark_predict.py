@@ -322,24 +322,30 @@ def test_output_guard_and_existing_folders(scoring: str, inputs: dict[str, Path]
         predict(engine="spark", input_path=str(inputs["csv file"]), spark_env_manager="conda")
 
 
-def test_command_line_refuses_bad_input_in_one_line(
-    scoring: str, rows: pd.DataFrame, tmp_path: Path, python: str
-) -> None:
-    source = _csv(rows, tmp_path / "bad.csv", _set("MedInc", [2], ""))
-    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", "local[1]"]
-    temp = tmp_path / "temp"
-    temp.mkdir()
+def _command_line(python: str, master: str, source: Path, output: Path, temp: Path) -> subprocess.CompletedProcess:
+    """`predict --engine spark` as a user runs it, with `temp` as its TMPDIR; Java missing skips (fails in CI)."""
+    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", master]
     result = subprocess.run(
-        [*command, "--input", str(source), "--output", str(tmp_path / "out.parquet")],
+        [*command, "--input", str(source), "--output", str(output)],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "TMPDIR": str(temp)},
     )
-    if "Spark could not start" in result.stderr:
+    if "JAVA_GATEWAY_EXITED" in result.stderr:
         from tests.conftest import engine_missing
 
         engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    return result
+
+
+def test_command_line_refuses_bad_input_in_one_line(
+    scoring: str, rows: pd.DataFrame, tmp_path: Path, python: str
+) -> None:
+    source = _csv(rows, tmp_path / "bad.csv", _set("MedInc", [2], ""))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = _command_line(python, "local[1]", source, tmp_path / "out.parquet", temp)
     expected = f"error: {source}: column 'MedInc', row 3: value is missing (NaN) (1 such cell(s))"
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "temp"]
@@ -347,21 +353,10 @@ def test_command_line_refuses_bad_input_in_one_line(
     assert list(temp.glob("housing-mlops-spark-*.log")) == []
 
 
-def test_command_line_with_a_master_spark_refuses_names_its_log_in_one_line(
+def test_command_line_names_the_kept_spark_log_when_the_master_is_refused(
     scoring: str, inputs: dict[str, Path], tmp_path: Path, python: str
 ) -> None:
-    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", "local[two]"]
-    result = subprocess.run(
-        [*command, "--input", str(inputs["csv file"]), "--output", str(tmp_path / "out.parquet")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
-    if "JAVA_GATEWAY_EXITED" in result.stderr:
-        from tests.conftest import engine_missing
-
-        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    result = _command_line(python, "local[two]", inputs["csv file"], tmp_path / "out.parquet", tmp_path)
     (spark_log,) = tmp_path.glob("housing-mlops-spark-*.log")
     expected = (
         "error: Spark could not start on local[two] (org.apache.spark.SparkException: "
