@@ -25,8 +25,10 @@ import csv
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -45,6 +47,7 @@ from pipeline.params import OUTPUT, SPARK_ENV_MANAGER, SPARK_OUTPUT
 from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult
 
 if TYPE_CHECKING:
+    from pyspark import SparkContext
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -101,16 +104,18 @@ def predict(
     output = Path(SPARK_OUTPUT if output_path == OUTPUT.default else output_path).resolve()
     _check_output(output, input_path, model_uri)
     version, load_uri = registry.pin(model_uri)
-    with spark_session(master) as spark:
-        # As the pandas engine counts: rows read, validated, scored and written, not starting or loading.
-        started = time.perf_counter()
-        batch = read_input(spark, input_path)
-        validate(batch)
-        try:
-            folder = tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        except OSError as err:
-            raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
-        try:
+    try:
+        folder = tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PipelineError(f"cannot write to output folder {output.parent}: {err.strerror}") from None
+    # Removed only once the session has stopped: a write job interrupted on the Python side can
+    # still be running in the JVM, and would write into the folder again after an earlier delete.
+    try:
+        with spark_session(master) as spark:
+            # As the pandas engine counts: rows read, validated, scored and written, not starting or loading.
+            started = time.perf_counter()
+            batch = read_input(spark, input_path)
+            validate(batch)
             written = Path(folder) / "parquet"
             loading = time.perf_counter()
             udf = mlflow.pyfunc.spark_udf(spark, load_uri, result_type="double", env_manager=env_manager)
@@ -146,8 +151,8 @@ def predict(
                 )
                 mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
                 _publish(written, output, Path(folder))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     log.info("scored %d rows at %.0f rows/s on Spark into %s", n_rows, rows_per_second, output)
     shown = [column for column in (TARGET, PREDICTION, ERROR) if column in sample.columns]
     return PredictResult(
@@ -191,14 +196,17 @@ def spark_session(master: str) -> Iterator[SparkSession]:
         raise PipelineError(f"--engine spark needs pyspark: {INSTALL_PYSPARK}") from None
     _quiet_pyspark_warnings()
     active = SparkSession.getActiveSession()
-    if active is not None:
-        yield active
-        return
-    spark = start_session(master)
+    spark = active or start_session(master)
     try:
         yield spark
+    except KeyboardInterrupt:
+        # A job interrupted in py4j goes on in the JVM unless cancelled.
+        spark.sparkContext.cancelAllJobs()
+        raise
     finally:
-        spark.stop()
+        if active is None:
+            spark.stop()
+            _spark_log().unlink(missing_ok=True)
 
 
 def start_session(master: str) -> SparkSession:
@@ -207,6 +215,7 @@ def start_session(master: str) -> SparkSession:
     Raises:
         PipelineError: Spark (its Java) cannot start; the message ends with the last line Spark logged.
     """
+    from py4j.protocol import Py4JJavaError
     from pyspark import SparkConf, SparkContext
     from pyspark.errors import PySparkRuntimeError
     from pyspark.java_gateway import launch_gateway
@@ -228,17 +237,54 @@ def start_session(master: str) -> SparkSession:
     )
     # The JVM prints its start-up banner and warnings before any log level applies; they, and
     # its later log lines, go to this file (pyspark's documented hook for its stderr).
-    spark_log = Path(tempfile.gettempdir()) / f"housing-mlops-spark-{os.getpid()}.log"
+    spark_log = _spark_log()
     with spark_log.open("ab") as handle:
         try:
             gateway = launch_gateway(conf, popen_kwargs={"stderr": handle})
         except PySparkRuntimeError as err:
             last = next(reversed(spark_log.read_text(errors="replace").strip().splitlines()), "nothing logged")
             raise PipelineError(
-                f"Spark could not start ({err.getCondition()}: {last}); is Java installed? {INSTALL_JAVA}"
+                f"Spark could not start ({err.getCondition()}: {last}; its log: {spark_log}); "
+                f"is Java installed? {INSTALL_JAVA}"
             ) from None
-    log.debug("Spark %s on %s; its log: %s", SparkContext(conf=conf, gateway=gateway).version, master, spark_log)
-    return SparkSession.builder.getOrCreate()
+    # SparkContext replaces the SIGINT handler with its own and never puts it back: the one
+    # `pipeline.cli` installed must stay, so that Ctrl-C still ends the run as KILLED.
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    context = None
+    try:
+        context = SparkContext(conf=conf, gateway=gateway)
+        log.debug("Spark %s on %s; its log: %s", context.version, master, spark_log)
+        return SparkSession.builder.getOrCreate()
+    except Py4JJavaError as err:
+        # Read while the JVM is up: the error's text comes from it.
+        cause = err.java_exception.toString()
+        _shut_down(gateway, context)
+        raise PipelineError(f"Spark could not start on {master} ({cause}; its log: {spark_log})") from None
+    except BaseException:
+        _shut_down(gateway, context)
+        raise
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
+
+
+def _spark_log() -> Path:
+    """The file the JVM of this process writes its output to; kept when Spark fails, for the error line."""
+    return Path(tempfile.gettempdir()) / f"housing-mlops-spark-{os.getpid()}.log"
+
+
+def _shut_down(gateway: object, context: SparkContext | None) -> None:
+    """Ends a JVM whose session did not start: pyspark would keep it until Python exits."""
+    from pyspark import SparkContext
+
+    if context is not None:
+        context.stop()
+    gateway.shutdown()
+    # The JVM exits when its stdin closes (pyspark's `launch_gateway` gives it a pipe for that).
+    gateway.proc.stdin.close()
+    gateway.proc.wait()
+    SparkContext._gateway = SparkContext._jvm = None
 
 
 def _quiet_pyspark_warnings() -> None:
@@ -469,7 +515,15 @@ def summarize(frame: DataFrame, has_target: bool) -> tuple[int, dict[str, float]
 
 
 def _publish(written: Path, output: Path, folder: Path) -> None:
-    """Renames the written folder into place; an earlier output there is moved into `folder` first."""
-    if output.exists():
-        os.replace(output, folder / "replaced")
-    os.replace(written, output)
+    """Renames the written folder into place; an earlier output there is moved into `folder` first,
+    and back if the new one cannot take its place (or a signal lands in between)."""
+    if not output.exists():
+        os.replace(written, output)
+        return
+    replaced = folder / "replaced"
+    os.replace(output, replaced)
+    try:
+        os.replace(written, output)
+    except BaseException:
+        os.replace(replaced, output)
+        raise

@@ -148,6 +148,29 @@ def test_an_earlier_output_is_replaced(spark, scoring: str, inputs: dict[str, Pa
     assert os.listdir(tmp_path) == ["out.parquet"]
 
 
+def test_an_earlier_output_survives_a_failed_rename_of_the_new_one(
+    spark, scoring: str, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out.parquet"
+    output.mkdir()
+    pd.DataFrame({PREDICTION: [1.0]}).to_parquet(output / "part-00000-earlier.parquet")
+    (output / "_SUCCESS").touch()
+    replace = os.replace
+
+    def failing_replace(source, target):
+        # Fault injection: the rename of the new output into place fails, after the earlier one was moved aside.
+        if Path(target) == output and Path(source).name == "parquet":
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left on device"):
+        spark_predict("quantized", inputs["features csv"], output)
+    assert pd.read_parquet(output)[PREDICTION].tolist() == [1.0]
+    assert sorted(os.listdir(output)) == ["_SUCCESS", "part-00000-earlier.parquet"]
+    assert os.listdir(tmp_path) == ["out.parquet"]
+
+
 def _csv(rows: pd.DataFrame, path: Path, change=None) -> Path:
     frame = rows.head(50).astype(object)
     if change:
@@ -299,24 +322,48 @@ def test_output_guard_and_existing_folders(scoring: str, inputs: dict[str, Path]
         predict(engine="spark", input_path=str(inputs["csv file"]), spark_env_manager="conda")
 
 
+def _command_line(python: str, master: str, source: Path, output: Path, temp: Path) -> subprocess.CompletedProcess:
+    """`predict --engine spark` as a user runs it, with `temp` as its TMPDIR; Java missing skips (fails in CI)."""
+    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", master]
+    result = subprocess.run(
+        [*command, "--input", str(source), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    if "JAVA_GATEWAY_EXITED" in result.stderr:
+        from tests.conftest import engine_missing
+
+        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    return result
+
+
 def test_command_line_refuses_bad_input_in_one_line(
     scoring: str, rows: pd.DataFrame, tmp_path: Path, python: str
 ) -> None:
     source = _csv(rows, tmp_path / "bad.csv", _set("MedInc", [2], ""))
-    command = [python, "-m", "pipeline", "predict", "--engine", "spark", "--spark-master", "local[1]"]
-    result = subprocess.run(
-        [*command, "--input", str(source), "--output", str(tmp_path / "out.parquet")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if "Spark could not start" in result.stderr:
-        from tests.conftest import engine_missing
-
-        engine_missing("Spark (Java)", "apt-get install -y openjdk-17-jre-headless")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = _command_line(python, "local[1]", source, tmp_path / "out.parquet", temp)
     expected = f"error: {source}: column 'MedInc', row 3: value is missing (NaN) (1 such cell(s))"
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
-    assert os.listdir(tmp_path) == ["bad.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "temp"]
+    # Spark started and stopped cleanly: its log is not left behind.
+    assert list(temp.glob("housing-mlops-spark-*.log")) == []
+
+
+def test_command_line_names_the_kept_spark_log_when_the_master_is_refused(
+    scoring: str, inputs: dict[str, Path], tmp_path: Path, python: str
+) -> None:
+    result = _command_line(python, "local[two]", inputs["csv file"], tmp_path / "out.parquet", tmp_path)
+    (spark_log,) = tmp_path.glob("housing-mlops-spark-*.log")
+    expected = (
+        "error: Spark could not start on local[two] (org.apache.spark.SparkException: "
+        f"Could not parse Master URL: 'local[two]'; its log: {spark_log})"
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
+    assert os.listdir(tmp_path) == [spark_log.name]
 
 
 def test_command_line_without_java_says_what_to_install(
