@@ -81,9 +81,14 @@ def locate(tracking_uri: str) -> UiLocation:
         return UiLocation(LOCAL_UI, directory_ui_command(Path(directory)))
     if tracking_uri.startswith(("http://", "https://")):
         return UiLocation(without_password(tracking_uri).rstrip("/"), None)
+    return UiLocation(LOCAL_UI, ui_command(_printable(tracking_uri)))
+
+
+def _printable(tracking_uri: str) -> str:
+    """The store's URI as printed in a command: a SQLite file by its absolute path (the command
+    works from any folder), any other URI without its password."""
     database = store.sqlite_path(tracking_uri)
-    backend = store.sqlite_uri(database.resolve()) if database is not None else tracking_uri
-    return UiLocation(LOCAL_UI, ui_command(backend))
+    return store.sqlite_uri(database.resolve()) if database is not None else without_password(tracking_uri)
 
 
 def _page(base: str, route: str, query: dict[str, str] | None = None) -> str:
@@ -142,5 +147,4 @@ def serve_hint(tracking_uri: str, model_uri: str) -> str:
         database is not None and database.resolve() == Path(store.DB_FILE).resolve()
     ):
         return command
-    uri = store.sqlite_uri(database.resolve()) if database is not None else without_password(tracking_uri)
-    return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} {command}"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(_printable(tracking_uri))} {command}"

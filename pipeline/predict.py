@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -174,7 +174,8 @@ def predict(
             # As given (`mlflow run` has already logged these as spelled), then as resolved.
             given = {"model_uri": model_uri, "input": input_path or "", "output": str(output_path)}
             resolved = {"model_version": result.version or "", "model_run_id": model.metadata.run_id or ""}
-            run_id = _log_run(result, given, {**resolved, "chunksize": chunksize}, experiment_name, temporary)
+            resolved["chunksize"] = chunksize
+            run_id = log_run(result, given, resolved, experiment_name, lambda: _publish(temporary, output))
     finally:
         if batch is not None:
             batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
@@ -215,24 +216,31 @@ def _temporary_file(output: Path) -> Iterator[str]:
         Path(temporary).unlink(missing_ok=True)
 
 
-def _log_run(
-    result: PredictResult, given: dict[str, str], resolved: dict[str, Any], experiment_name: str, temporary: str
+def log_run(
+    result: PredictResult,
+    given: dict[str, str],
+    resolved: dict[str, Any],
+    experiment_name: str,
+    publish: Callable[[], None],
+    engine: str = "",
 ) -> str:
-    """Logs the run and, inside it, renames the predictions into place: a failure to publish fails the run.
+    """Logs a predict run (either engine) and, inside it, puts the predictions in place with `publish`:
+    a failure to publish fails the run. `given` are the parameters as spelled (`mlflow run` has
+    already logged them so), `resolved` what they resolved to.
 
     Returns:
         The run's id.
     """
     version = f"version {result.version}" if result.version else "no registered version"
     description = (
-        f"Scored {result.n_rows} rows of {result.input_source} with {result.model_uri} ({version}) "
+        f"Scored {result.n_rows} rows of {result.input_source} with {result.model_uri} ({version}){engine} "
         f"into {result.output_path}."
     )
     with tracking.step_run("predict", "predict", description, experiment_name) as run:
         tracking.log_params(given)
         mlflow.log_params({**resolved, "input_source": result.input_source, "output_path": result.output_path})
         mlflow.log_metrics({"n_rows": result.n_rows, "rows_per_second": result.rows_per_second, **result.metrics})
-        _publish(temporary, Path(result.output_path))
+        publish()
     return run.info.run_id
 
 

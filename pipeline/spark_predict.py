@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 import os
 import shutil
@@ -32,19 +33,19 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 import pyarrow.csv as pa_csv
 
-from pipeline import data, paths, registry, tracking
+from pipeline import data, paths, registry
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import error_metrics
 from pipeline.params import OUTPUT, SPARK_ENV_MANAGER, SPARK_OUTPUT
-from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult
+from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult, log_run
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -123,49 +124,29 @@ def predict(
             _write(scored(batch, udf), written, batch.source)
             n_rows, metrics = summarize(spark.read.parquet(str(written)), TARGET in batch.columns)
             sample = spark.read.parquet(str(written)).limit(SAMPLE_ROWS).toPandas()
-            rows_per_second = n_rows / max(time.perf_counter() - started, 1e-9)
-            model_run_id = version.run_id if version else mlflow.models.get_model_info(load_uri).run_id
-            resolved = f"version {version.version}" if version else "no registered version"
-            description = (
-                f"Scored {n_rows} rows of {batch.source} with {model_uri} ({resolved}) on Spark, into {output}."
+            shown = [column for column in (TARGET, PREDICTION, ERROR) if column in sample.columns]
+            result = PredictResult(
+                run_id="",
+                model_uri=model_uri,
+                version=str(version.version) if version else None,
+                input_source=batch.source,
+                output_path=str(output),
+                n_rows=n_rows,
+                rows_per_second=n_rows / max(time.perf_counter() - started, 1e-9),
+                metrics=metrics,
+                sample=sample[shown],
             )
-            with tracking.step_run("predict", "predict", description, experiment_name) as run:
-                tracking.log_params(
-                    {
-                        "model_uri": model_uri,
-                        "input": input_path,
-                        "output": str(output_path),
-                        "engine": "spark",
-                        "spark_master": master,
-                        "spark_env_manager": env_manager,
-                    }
-                )
-                mlflow.log_params(
-                    {
-                        "model_version": version.version if version else "",
-                        "model_run_id": model_run_id or "",
-                        "input_source": batch.source,
-                        "output_path": str(output),
-                        "spark_version": spark.version,
-                    }
-                )
-                mlflow.log_metrics({"n_rows": n_rows, "rows_per_second": rows_per_second, **metrics})
-                _publish(written, output, Path(folder))
+            given = {"model_uri": model_uri, "input": input_path, "output": str(output_path), "engine": "spark"}
+            given |= {"spark_master": master, "spark_env_manager": env_manager}
+            model_run_id = version.run_id if version else mlflow.models.get_model_info(load_uri).run_id
+            resolved = {"model_version": result.version or "", "model_run_id": model_run_id or ""}
+            resolved["spark_version"] = spark.version
+            publish = functools.partial(_publish, written, output, Path(folder))
+            run_id = log_run(result, given, resolved, experiment_name, publish, " on Spark,")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    log.info("scored %d rows at %.0f rows/s on Spark into %s", n_rows, rows_per_second, output)
-    shown = [column for column in (TARGET, PREDICTION, ERROR) if column in sample.columns]
-    return PredictResult(
-        run_id=run.info.run_id,
-        model_uri=model_uri,
-        version=str(version.version) if version else None,
-        input_source=batch.source,
-        output_path=str(output),
-        n_rows=n_rows,
-        rows_per_second=rows_per_second,
-        metrics=metrics,
-        sample=sample[shown],
-    )
+    log.info("scored %d rows at %.0f rows/s on Spark into %s", n_rows, result.rows_per_second, output)
+    return replace(result, run_id=run_id)
 
 
 def _check_output(output: Path, input_path: str, model_uri: str) -> None:
