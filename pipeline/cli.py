@@ -62,12 +62,21 @@ def verbose_requested() -> bool:
     return _verbose
 
 
+def _not_the_stop(record: logging.LogRecord) -> bool:
+    """Drops a library's log of the stop it was interrupted by (py4j logs the traceback of the
+    `Interrupted` it saw mid-call): the stop is reported once, by `run`'s own line."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def configure_logging(verbose: bool | None = None) -> None:
     """Warnings and errors only on stderr, unless `--verbose` asked for the INFO lines of the
     steps and of MLflow (its messages about registering models too); MLflow's download bars and
     its "View run" links off (a link to a temporary server outlives the server)."""
     verbose = verbose_requested() if verbose is None else verbose
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if _not_the_stop not in handler.filters:
+            handler.addFilter(_not_the_stop)
     level = logging.INFO if verbose else logging.WARNING
     logging.getLogger("pipeline").setLevel(level)
     quiet_mlflow(verbose)

@@ -37,7 +37,7 @@ TARGET_REQUIRED = "required"
 TARGET_OPTIONAL = "optional"
 # pyarrow parses blocks of this size; no row of this data comes near it, so a longer line is
 # refused instead of read (it would take time and memory out of proportion).
-_BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 20
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Column names a message lists at most.
 _LISTED = 10
@@ -148,11 +148,11 @@ def read_csv_chunks(
         raise ValueError(f"chunksize must be a positive number of rows, got {chunksize}")
     path = Path(path)
     rows = 0
-    with _open_regular_file(path) as handle:
+    with open_regular_file(path) as handle:
         try:
             reader = pa_csv.open_csv(
                 handle,
-                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES, use_threads=False),
+                read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
                 parse_options=pa_csv.ParseOptions(newlines_in_values=True),
                 convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys((*FEATURES, TARGET), pa.float64())),
             )
@@ -165,7 +165,7 @@ def read_csv_chunks(
                 rows += len(chunk)
         except (pa.ArrowInvalid, UnicodeDecodeError) as err:
             if "straddl" in str(err):  # a row longer than a block
-                raise DataError(f"{path}: {_describe_long_row(path)}") from None
+                raise DataError(f"{path}: {describe_long_row(path)}") from None
             # pyarrow names neither the row nor the line of a problem, and refuses what pandas
             # reads (blank lines of spaces, a number quoted over two lines, True/False cells).
             # pandas reads the file again in order: it names the row or line at fault, or reads
@@ -176,7 +176,7 @@ def read_csv_chunks(
         raise DataError(f"{path}: the file has a header but no data rows")
 
 
-def _open_regular_file(path: Path) -> BinaryIO:
+def open_regular_file(path: Path) -> BinaryIO:
     """The file opened for reading, or a DataError that says what the path is instead.
 
     Opened without blocking (a FIFO would wait for a writer), then checked by its own type.
@@ -265,28 +265,28 @@ def _header(path: Path) -> list[str]:
         pandas.errors.EmptyDataError: The file holds only blank lines.
     """
     with path.open(encoding="utf-8-sig", newline="") as text:
-        while line := text.readline(_BLOCK_BYTES):
-            if len(line) == _BLOCK_BYTES:
-                raise DataError(f"{path}: {_describe_long_row(path)}")
+        while line := text.readline(BLOCK_BYTES):
+            if len(line) == BLOCK_BYTES:
+                raise DataError(f"{path}: {describe_long_row(path)}")
             if line.strip():
                 return next(csv.reader([line]))
     raise pd.errors.EmptyDataError
 
 
-def _describe_long_row(path: Path) -> str:
+def describe_long_row(path: Path) -> str:
     """Which line is longer than a block, found in bounded memory; else the quote that runs on."""
     line, length = 1, 0
     with path.open("rb") as handle:
-        while block := handle.read(_BLOCK_BYTES):
+        while block := handle.read(BLOCK_BYTES):
             start = 0
             for end in _LINE_END.finditer(block):
-                if length + end.start() - start > _BLOCK_BYTES:
+                if length + end.start() - start > BLOCK_BYTES:
                     break
                 line, length, start = line + 1, 0, end.end()
             length += len(block) - start
-            if length > _BLOCK_BYTES:
-                return f"line {line} is longer than {_BLOCK_BYTES >> 20} MiB, too long for a row of this data"
-    return f"a quoted value runs over more than {_BLOCK_BYTES >> 20} MiB of lines (a quote that is not closed?)"
+            if length > BLOCK_BYTES:
+                return f"line {line} is longer than {BLOCK_BYTES >> 20} MiB, too long for a row of this data"
+    return f"a quoted value runs over more than {BLOCK_BYTES >> 20} MiB of lines (a quote that is not closed?)"
 
 
 def check_columns(columns: list[str], origin: str, target: str = TARGET_REQUIRED) -> None:

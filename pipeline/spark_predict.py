@@ -321,10 +321,11 @@ def read_input(spark: SparkSession, input_path: str) -> SparkInput:
 
 def _data_files(path: Path) -> list[Path]:
     """The data files of the input: the file itself, or a folder's files (recursively) in name order."""
-    if path.is_file():
-        return [path.resolve()]
     if not path.is_dir():
-        raise DataError(f"{path}: no such file or folder")
+        if not path.exists() and not path.is_symlink():
+            raise DataError(f"{path}: no such file or folder")
+        data.open_regular_file(path).close()  # says what the path is instead: a FIFO, unreadable, a device
+        return [path.resolve()]
     files = sorted(
         file.resolve()
         for file in path.rglob("*")
@@ -347,10 +348,18 @@ def _parquet_columns(file: Path) -> list[str]:
 
 
 def _csv_header(file: Path) -> list[str]:
-    """The first line of a CSV file, as fields."""
+    """The first line of a CSV file, as fields; read as bytes, so only the header is decoded here,
+    and bounded as the pandas engine bounds a line.
+
+    Raises:
+        DataError: Not a regular readable file, a first line over 1 MiB, or a header that is not UTF-8.
+    """
+    with data.open_regular_file(file) as raw:
+        line = raw.readline(data.BLOCK_BYTES)
+    if len(line) == data.BLOCK_BYTES:
+        raise DataError(f"{file}: {data.describe_long_row(file)}")
     try:
-        with file.open(encoding="utf-8-sig", newline="") as text:
-            return next(csv.reader([text.readline()]), [])
+        return next(csv.reader([line.decode("utf-8-sig")]), [])
     except UnicodeDecodeError:
         raise DataError(f"{file}: the header is not valid UTF-8 text") from None
 

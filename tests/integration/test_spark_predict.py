@@ -268,6 +268,31 @@ def test_spark_only_refusals_name_file_row_and_count(spark, scoring: str, rows: 
         assert _refused(lambda source=source: spark_predict("challenger", source, output), tmp_path, output) == expected
 
 
+def test_files_the_pandas_engine_cannot_read_get_its_line(
+    spark, scoring: str, rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    one_line = tmp_path / "one-line.csv"
+    one_line.write_text(",".join(FEATURES) + "," + "1" * (2 << 20))
+    output = tmp_path / "out.parquet"
+    for source in (fifo, one_line):
+        with pytest.raises(DataError) as pandas_engine:
+            predict(input_path=str(source), output_path=tmp_path / "out.csv")
+        refused = _refused(lambda source=source: spark_predict("challenger", source, output), tmp_path, output)
+        assert refused == str(pandas_engine.value)
+
+
+def test_a_bad_byte_after_the_header_is_not_blamed_on_the_header(
+    spark, scoring: str, rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    source = tmp_path / "bad-byte.csv"
+    source.write_bytes(rows.head(20).to_csv(index=False).encode().replace(b"\n", b"\n\xff\xfe", 1))
+    output = tmp_path / "out.parquet"
+    refused = _refused(lambda: spark_predict("challenger", source, output), tmp_path, output)
+    assert "header" not in refused and refused.startswith(f"{source}: ")
+
+
 def test_rows_are_numbered_across_partitions_of_one_file(
     spark, scoring: str, rows: pd.DataFrame, tmp_path: Path
 ) -> None:
