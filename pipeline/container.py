@@ -73,14 +73,8 @@ def _pipeline(argv: list[str]) -> int:
 
 
 def run(tracking_dir: Path, pipeline_args: list[str]) -> Path:
-    """Runs the whole pipeline, then predicts the champion's held-out rows (the seed-style table).
-
-    Args:
-        tracking_dir: Where runs, artifacts and the registry go.
-        pipeline_args: Flags for `python -m pipeline main` (`--bits 4`, ...).
-
-    Returns:
-        The predictions CSV.
+    """Runs the whole pipeline into `tracking_dir` (`pipeline_args`: flags for `python -m pipeline main`,
+    e.g. `--bits 4`), then predicts the champion's held-out rows; returns the predictions CSV.
 
     Raises:
         CommandError: A step failed (its own error is already printed); carries its exit code
@@ -136,25 +130,6 @@ def prepare_champion(tracking_dir: Path) -> tuple[str, Path]:
     return champion
 
 
-def serve_command(model_path: Path, host: str, port: int) -> list[str]:
-    """`mlflow models serve` for a local model, with this environment's packages."""
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "--model-uri",
-        str(model_path),
-        "--env-manager",
-        "local",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-
-
 def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) -> int:
     """Replaces this process with `mlflow models serve` of the champion (GET /ping, POST /invocations).
 
@@ -173,7 +148,8 @@ def serve(tracking_dir: Path, host: str = SERVE_HOST, port: int = SERVE_PORT) ->
 
 def _exec_server(version: str, model_path: Path, host: str, port: int) -> None:
     print(f"Serving {MODEL_NAME} version {version} (alias {ALIAS_CHAMPION}) on http://{host}:{port}", flush=True)
-    command = serve_command(model_path, host, port)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", str(model_path)]
+    command += ["--env-manager", "local", "--host", host, "--port", str(port)]  # this environment's packages
     os.execve(command[0], command, mlflow_compat.scoring_server_env(os.environ))
 
 

@@ -213,27 +213,6 @@ def _initialize(uri: str, path: Path) -> None:
         engine.dispose()
 
 
-def proxy_server_command(
-    backend_store_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000
-) -> list[str]:
-    """`mlflow server` over any database, proxying artifacts: clients upload and download them
-    through the server (`mlflow-artifacts:/` URIs) and need no access to the folder `artifacts`."""
-    return [
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        str(artifacts),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-
-
 def local_artifact_path(root: Path, artifact_uri: str) -> Path:
     """Where an artifact of the tracking directory `root` lies on disk.
 
@@ -291,21 +270,11 @@ def _tail(log_file: Path | None) -> str:
 
 @contextmanager
 def local_server(root: Path, port: int | None = None, timeout: float = START_TIMEOUT) -> Iterator[str]:
-    """Runs a tracking server over the directory `root` on 127.0.0.1 while the block runs.
+    """Runs a tracking server over the directory `root` (created if missing) on 127.0.0.1 while the block runs.
 
     The server creates `root/mlflow.db` if needed; experiments it creates store artifacts under
     `root/artifacts` as `mlflow-artifacts:/` URIs, which is what makes the directory movable.
-
-    Args:
-        root: The tracking directory (created if missing).
-        port: Port to listen on; a free one by default.
-        timeout: Seconds to wait for the server to answer.
-
-    Yields:
-        The server's URL, `http://127.0.0.1:<port>`, to use as the tracking URI.
-
-    Raises:
-        PipelineError: The server did not start.
+    Yields the server's URL, as `proxy_server` does.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -327,17 +296,21 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
 def proxy_server(
     backend_store_uri: str, artifacts: Path, port: int | None = None, timeout: float = START_TIMEOUT
 ) -> Iterator[str]:
-    """Runs `mlflow server` over `backend_store_uri` on 127.0.0.1, artifacts proxied to `artifacts`.
+    """Runs `mlflow server` over `backend_store_uri` on 127.0.0.1 (`port`: a free one by default),
+    artifacts proxied to `artifacts`, while the block runs.
 
     Yields:
         The server's URL, `http://127.0.0.1:<port>`, to use as the tracking URI.
 
     Raises:
-        PipelineError: The server did not start.
+        PipelineError: The server did not start within `timeout` seconds.
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", *proxy_server_command(backend_store_uri, artifacts, port=port)[1:]]
+    # Artifacts proxied: clients upload and download them through the server (`mlflow-artifacts:/`
+    # URIs) and need no access to the folder `artifacts`.
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
+    command += ["--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # Background jobs (GenAI scorers, trace archival) are not used here and slow the start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
