@@ -50,6 +50,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
@@ -57,6 +58,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import MODEL_NAME
 from pipeline.errors import PipelineError
+from pipeline.registry import unless_absent
 
 log = logging.getLogger(__name__)
 
@@ -253,27 +255,14 @@ def _delete_if_ours(name: str, lease: Lease) -> bool:
 
 def _create(name: str, tags: dict[str, str]) -> RegisteredModel | None:
     """Runs an atomic create; None when the name exists (or vanished while MLflow described the clash)."""
-    try:
-        return MlflowClient().create_registered_model(name, tags=tags, description=_DESCRIPTION)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-            return None
-        raise
+    create = partial(MlflowClient().create_registered_model, name, tags=tags, description=_DESCRIPTION)
+    return unless_absent(create, ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"))
 
 
 def _read(name: str) -> RegisteredModel | None:
-    try:
-        return MlflowClient().get_registered_model(name)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    return unless_absent(partial(MlflowClient().get_registered_model, name))
 
 
 def _delete(name: str) -> None:
     """Deletes a registered model; already gone is fine (another process removed it)."""
-    try:
-        MlflowClient().delete_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+    unless_absent(partial(MlflowClient().delete_registered_model, name))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Container
+from functools import partial
+from typing import TypeVar
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -15,6 +18,8 @@ from pipeline.errors import PipelineError
 from pipeline.mlflow_compat import registry_messages, retry_lost_race
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The command that sets each alias, named in the error when an alias is missing.
 _ALIAS_SOURCE = {
@@ -55,14 +60,20 @@ def set_alias(alias: str, version: str | int) -> None:
     retry_lost_race(lambda: MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version), f"alias {alias!r}")
 
 
-def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist."""
+def unless_absent(call: Callable[[], T], codes: Container[str] = ("RESOURCE_DOES_NOT_EXIST",)) -> T | None:
+    """`call()`, or None when MLflow answers it with one of the error `codes` (by default: no such object)."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
+        return call()
     except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if err.error_code in codes:
             return None
         raise
+
+
+def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    call = partial(MlflowClient().get_model_version_by_alias, name, alias)
+    return unless_absent(call, ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"))
 
 
 def resolve(model_uri: str) -> ModelVersion | None:
@@ -95,15 +106,11 @@ def resolve(model_uri: str) -> ModelVersion | None:
 
 def _check_model_exists(name: str) -> None:
     """Raises PipelineError naming the store when it has no registered model `name` at all."""
-    try:
-        MlflowClient().get_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+    if unless_absent(partial(MlflowClient().get_registered_model, name)) is None:
         raise PipelineError(
             f"the tracking store {mlflow.get_tracking_uri()} holds no model {name!r}; run the pipeline "
             "first (python -m pipeline main), or set MLFLOW_TRACKING_URI to the store that holds it"
-        ) from None
+        )
 
 
 def version_uri(version: ModelVersion) -> str:
