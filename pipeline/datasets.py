@@ -6,7 +6,6 @@ from functools import partial
 
 import mlflow
 import pandas as pd
-from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import PandasDataset
 
@@ -35,15 +34,9 @@ def mlflow_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset
     """
     return mlflow.data.from_pandas(
         frame,
-        source=dataset_source(source),
+        # Where the data came from: scikit-learn's download URL, or the CSV file.
+        source=HTTPDatasetSource(SKLEARN_SOURCE_URL) if source == SKLEARN_SOURCE else file_dataset_source(source),
         targets=TARGET if TARGET in frame.columns else None,
         name=name,
         digest=data.to_dataset(frame, source).digest,
     )
-
-
-def dataset_source(source: str) -> DatasetSource:
-    """MLflow's record of where data came from: scikit-learn's download URL, or the CSV file."""
-    if source == SKLEARN_SOURCE:
-        return HTTPDatasetSource(SKLEARN_SOURCE_URL)
-    return file_dataset_source(source)

@@ -137,12 +137,10 @@ SERVER_TIMEOUT = 5.0
 
 
 def import_skops_first() -> None:
-    """Imports skops, MLflow's safe format for scikit-learn models, before MLflow is loaded.
+    """Imports skops (MLflow's safe format for scikit-learn models) before MLflow is loaded.
 
-    skops looks up each of its trusted types in every loaded module, so importing it before
-    MLflow's thousands of modules makes a step start sooner. The steps that always load or log
-    a scikit-learn model (`pipeline.__main__.SKLEARN_STEPS`) import it first; `predict` does not,
-    as scoring the quantized champion needs neither skops nor scikit-learn.
+    Called first by the steps that always load or log a scikit-learn model
+    (`pipeline.__main__.SKLEARN_STEPS`); scoring the quantized champion needs neither.
     """
     import skops.io  # noqa: F401
 
@@ -205,13 +203,8 @@ UNIQUE_KEY_CLASHES = ("UNIQUE constraint failed", "duplicate key value violates 
 
 
 def retry_lost_race(call: Callable[[], T], what: str, attempts: int = 5) -> T:
-    """Runs an idempotent MLflow write again when it lost a race with another process.
-
-    With processes sharing a store (a SQLite file, or a server's database), MLflow's
-    check-then-insert writes (moving an alias, logging a data set an experiment already has,
-    setting an experiment tag) can fail on a unique key when another process
-    did the same at the same moment; the next attempt finds the row and succeeds.
-    """
+    """Runs an idempotent MLflow write again when it failed on a unique key because another process
+    did the same write at the same moment; the next attempt finds the row and succeeds."""
     from mlflow.exceptions import MlflowException
 
     for attempt in range(1, attempts):
@@ -229,7 +222,6 @@ def file_dataset_source(path: str) -> DatasetSource:
     """MLflow's data set source for a local file, without its warning that the path is ambiguous."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-    # Both candidates are local-file sources that resolve the path alike; the warning says nothing here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         return resolve_dataset_source(Path(path).as_uri())
@@ -282,12 +274,8 @@ def load_pyfunc(model_uri: str) -> PyFuncModel:
 
 
 def unchecked_predict(model: PyFuncModel, columns: Sequence[str]) -> Callable[[pd.DataFrame], Any]:
-    """The model's predict for frames of exactly `columns`, float64, in that order.
-
-    The flavor's own predict when the model's signature takes those columns as doubles (or has
-    no input schema), since MLflow's per-call check would hand it the same frame; `model.predict`
-    otherwise.
-    """
+    """The model's predict for frames of exactly `columns`, float64, in that order: the flavor's own
+    when the signature takes those columns as doubles (or has no input schema), else `model.predict`."""
     from mlflow.types.schema import DataType
 
     metadata = model.metadata

@@ -25,11 +25,8 @@ def model_requirements() -> list[str]:
 
 
 def model_file_bytes(model_info: ModelInfo, filename: str) -> int:
-    """Size of one file of a logged model (the serialized weights), as stored.
-
-    Args:
-        model_info: The logged model.
-        filename: The file's path inside the model: `model.skops`, `artifacts/params.json`.
+    """Size of one file of a logged model as stored, `filename` its path inside the model
+    (`model.skops`, `artifacts/params.json`).
 
     Raises:
         PipelineError: The logged model has no such file.

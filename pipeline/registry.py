@@ -31,18 +31,11 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ve
 
 
 def register(model_uri: str, alias: str, tags: dict[str, str]) -> ModelVersion:
-    """Registers a logged model as a new version of `california-housing` and points `alias` at it.
+    """Registers a logged model as a new version of `california-housing`, tagged with `tags`, and
+    points `alias` at it.
 
     Call this last, after every metric and artifact is logged, so a failed step never leaves a
     registered version behind.
-
-    Args:
-        model_uri: URI of the logged model (`ModelInfo.model_uri`).
-        alias: Alias to move to the new version.
-        tags: Version tags.
-
-    Returns:
-        The new model version.
     """
     with registry_messages():
         version = mlflow.register_model(model_uri, MODEL_NAME, tags={k: str(v) for k, v in tags.items()})

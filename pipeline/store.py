@@ -81,13 +81,11 @@ def ensure_database(uri: str | None = None) -> None:
     """Creates, or finishes creating, the SQLite store at `uri` before MLflow opens it, one
     process at a time.
 
-    MLflow creates a store's tables (and adds the ones an older store lacks) in whichever process
-    opens it first, without a lock: processes that start together on a new file run the same
-    migrations at once, fail (`table _alembic_tmp_experiments already exists`, `duplicate column
-    name`), and can leave the file half-migrated for good. Here one process does it under an
-    exclusive lock on a file next to the database while the others wait. A new database is built
-    under a temporary name and linked into place complete, so no process, and no kill, ever meets
-    a half-made one. Other stores (a server, a folder) are left to MLflow.
+    MLflow creates a store's tables in whichever process opens it first, without a lock (see
+    `pipeline.mlflow_compat`, "Elsewhere"). Here one process does it under an exclusive lock on a
+    file next to the database while the others wait. A new database is built under a temporary
+    name and linked into place complete, so no process, and no kill, ever meets a half-made one.
+    Other stores (a server, a folder) are left to MLflow.
 
     Args:
         uri: A tracking URI; by default the one MLflow uses in this process (`MLFLOW_TRACKING_URI`,
