@@ -99,11 +99,8 @@ class Lease:
 
 @contextmanager
 def promotion_lease(ttl: float = DEFAULT_TTL, wait: float = DEFAULT_WAIT) -> Iterator[Lease]:
-    """Holds the promotion lease while the block runs; waits for another holder first.
-
-    Args:
-        ttl: Seconds without a renewal after which others may take the lease over.
-        wait: Seconds to wait for a live holder before giving up.
+    """Holds the promotion lease while the block runs, waiting up to `wait` seconds for a live holder
+    first; others may take it over after `ttl` seconds without a renewal.
 
     Raises:
         PipelineError: Another live holder kept the lease for `wait` seconds.
@@ -202,15 +199,11 @@ class _Staleness:
         if state != self._seen:
             self._seen, self._since = state, now
             return False
-        ttl = _ttl(model, default_ttl)
+        try:
+            ttl = float(model.tags[TTL_TAG])
+        except (KeyError, ValueError):
+            ttl = default_ttl
         return now - self._since >= ttl
-
-
-def _ttl(model: RegisteredModel, default: float) -> float:
-    try:
-        return float(model.tags[TTL_TAG])
-    except (KeyError, ValueError):
-        return default
 
 
 def _renew(lease: Lease, ttl: float, stop: threading.Event) -> None:

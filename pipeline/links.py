@@ -64,7 +64,7 @@ def ui_command(backend_uri: str, artifacts: Path | None = None) -> str:
     if artifacts is not None:
         words += ["--artifacts-destination", str(artifacts)]
     words += ["--port", str(UI_PORT)]
-    return " ".join(shlex.quote(word) for word in words)
+    return shlex.join(words)
 
 
 def directory_ui_command(root: Path) -> str:

@@ -68,13 +68,8 @@ def step_run(
     description: str,
     experiment_name: str = EXPERIMENT_NAME,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Runs a pipeline step inside an MLflow run and tags it.
-
-    Args:
-        step: The step's name, logged as tag `step`.
-        run_name: Name shown in the MLflow UI.
-        description: What this run is, shown in the UI (tag `mlflow.note.content`).
-        experiment_name: Experiment for a run this function creates itself.
+    """Runs a pipeline step inside an MLflow run named `run_name`, tagged `step` (and `git_commit`),
+    `description` its note in the UI; a run this function creates itself goes to `experiment_name`.
 
     Yields:
         The active run. It ends FAILED if the body raises, KILLED on SIGINT or SIGTERM.
