@@ -16,7 +16,6 @@ step calls it before it touches the store (see `pipeline.cli.run`), and so does 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -95,6 +94,7 @@ def ensure_database(uri: str | None = None) -> None:
         PipelineError: The file is not a database, or its folder cannot hold one.
     """
     import mlflow
+    from mlflow.utils.file_utils import ExclusiveFileLock
 
     uri = uri or mlflow.get_tracking_uri()
     path = sqlite_path(uri)
@@ -102,7 +102,9 @@ def ensure_database(uri: str | None = None) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(path.with_suffix(SCHEMA_LOCK_SUFFIX)):
+        # An flock: the kernel releases it when the process ends, however it ends, so a killed holder
+        # never blocks the others.
+        with ExclusiveFileLock(str(path.with_suffix(SCHEMA_LOCK_SUFFIX))):
             if not path.exists():
                 _create(path, uri)
             elif not _schema_is_current(path):
@@ -130,21 +132,6 @@ def require_database(uri: str | None = None) -> None:
         "nothing was created. Run the pipeline first (python -m pipeline main), here or with "
         "MLFLOW_TRACKING_URI set to the store to use"
     )
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on the file `path` (created if missing) while the block runs.
-
-    The kernel releases it when the process ends, however it ends, so a killed holder never
-    blocks the others.
-    """
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _schema_is_current(path: Path) -> bool:
