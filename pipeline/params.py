@@ -43,31 +43,18 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of one or more steps.
+    """One parameter of one or more steps."""
 
-    Attributes:
-        name: The MLproject parameter; the flag is `--name` with dashes.
-        type: Turns the command line's text into the value the step function takes.
-        default: The step function's default (None: not given; `required`: no default).
-        help: What it is, for `--help`.
-        dest: The step function's argument, when it is named differently.
-        low: Smallest allowed value (numbers only).
-        high: Largest allowed value (numbers only).
-        exclusive: `low` and `high` themselves are not allowed.
-        required: The step cannot run without it.
-        choices: The only values allowed (text parameters only).
-    """
-
-    name: str
-    type: Callable[[str], Any]
-    default: Any
-    help: str
-    dest: str | None = None
-    low: float | None = None
+    name: str  # the MLproject parameter; the flag is `--name` with dashes
+    type: Callable[[str], Any]  # turns the command line's text into the value the step function takes
+    default: Any  # the step function's default (None: not given; `required`: no default)
+    help: str  # what it is, for `--help`
+    dest: str | None = None  # the step function's argument, when it is named differently
+    low: float | None = None  # smallest and largest allowed value (numbers only)
     high: float | None = None
-    exclusive: bool = False
-    required: bool = False
-    choices: tuple[str, ...] | None = None
+    exclusive: bool = False  # `low` and `high` themselves are not allowed
+    required: bool = False  # the step cannot run without it
+    choices: tuple[str, ...] | None = None  # the only values allowed (text parameters only)
 
     @property
     def flag(self) -> str:

@@ -124,27 +124,16 @@ def checked_predictions(predict: Callable[[Any], Any], rows: np.ndarray | pd.Dat
 
 @dataclass(frozen=True)
 class QuantizedLinear:
-    """The stored parameters of a quantized linear model.
+    """The stored parameters of a quantized linear model."""
 
-    Attributes:
-        features: Input column names, in the order of the weights.
-        bits: Bit width of the integer weights.
-        weights: The integers q_i, each in [−(2^(bits−1) − 1), 2^(bits−1) − 1].
-        scale: s, float32.
-        rho: ρ, float32: every |s·q_i − v_i| ≤ ρ ≤ s, v_i the float model's standardized weight.
-        mean: μ_i, float16 (or float32 where float16 cannot hold them).
-        std: σ_i, same dtype rule; positive.
-        intercept: c, float32.
-    """
-
-    features: tuple[str, ...]
-    bits: int
-    weights: np.ndarray
-    scale: np.float32
-    rho: np.float32
-    mean: np.ndarray
-    std: np.ndarray
-    intercept: np.float32
+    features: tuple[str, ...]  # input column names, in the order of the weights
+    bits: int  # bit width of the integer weights
+    weights: np.ndarray  # the integers q_i, each in [−(2^(bits−1) − 1), 2^(bits−1) − 1]
+    scale: np.float32  # s
+    rho: np.float32  # ρ: every |s·q_i − v_i| ≤ ρ ≤ s, v_i the float model's standardized weight
+    mean: np.ndarray  # μ_i, float16 (or float32 where float16 cannot hold them)
+    std: np.ndarray  # σ_i, same dtype rule; positive
+    intercept: np.float32  # c
 
     @property
     def standardized_weights(self) -> np.ndarray:
