@@ -41,14 +41,13 @@ class Protected:
 
 
 def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path]] = ()) -> None:
-    """Refuses an output path that is, or lies under, something a step must never overwrite.
-
-    Args:
-        output: The path as the user gave it.
-        inputs: What the step reads, as (description, path) pairs, e.g. ("the input", "x.csv").
+    """Refuses `output` (the path as the user gave it) when it is, or lies under, something a step
+    must never overwrite: the store's files or the step's `inputs`, (description, path) pairs such
+    as ("the input", "x.csv").
 
     Raises:
-        PipelineError: Naming the output as given and what it would overwrite.
+        PipelineError: Naming the output as given and what it would overwrite, or that it is not a
+            regular file.
     """
     target = Path(os.path.realpath(output))
     identity = _identity(Path(output))

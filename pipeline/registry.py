@@ -70,14 +70,12 @@ def version_by_alias(alias: str, name: str = MODEL_NAME) -> ModelVersion | None:
 
 
 def resolve(model_uri: str) -> ModelVersion | None:
-    """The registered version a `models:/name@alias` or `models:/name/N` URI names.
-
-    Returns:
-        The version, or None for URIs outside the registry (`runs:/`, a path, `models:/m-...`).
+    """The registered version a `models:/name@alias` or `models:/name/N` URI names; None for URIs
+    outside the registry (`runs:/`, a path, `models:/m-...`).
 
     Raises:
-        PipelineError: The alias or version does not exist; the message names it and, for our
-            aliases, the command that sets it.
+        PipelineError: The model, alias or version does not exist; the message names it and, for
+            our aliases, the command that sets it.
     """
     match = _MODELS_URI.match(model_uri)
     if match is None:
@@ -86,7 +84,11 @@ def resolve(model_uri: str) -> ModelVersion | None:
     if alias:
         version = version_by_alias(alias, name)
         if version is None:
-            _check_model_exists(name)
+            if unless_absent(partial(MlflowClient().get_registered_model, name)) is None:
+                raise PipelineError(
+                    f"the tracking store {mlflow.get_tracking_uri()} holds no model {name!r}; run the pipeline "
+                    "first (python -m pipeline main), or set MLFLOW_TRACKING_URI to the store that holds it"
+                )
             hint = _ALIAS_SOURCE.get(alias) if name == MODEL_NAME else None
             fix = f"; run '{hint}' to set it" if hint else ""
             raise PipelineError(f"registered model {name!r} has no alias {alias!r}{fix}")
@@ -97,28 +99,16 @@ def resolve(model_uri: str) -> ModelVersion | None:
         raise PipelineError(f"registered model {name!r} has no version {number}") from None
 
 
-def _check_model_exists(name: str) -> None:
-    """Raises PipelineError naming the store when it has no registered model `name` at all."""
-    if unless_absent(partial(MlflowClient().get_registered_model, name)) is None:
-        raise PipelineError(
-            f"the tracking store {mlflow.get_tracking_uri()} holds no model {name!r}; run the pipeline "
-            "first (python -m pipeline main), or set MLFLOW_TRACKING_URI to the store that holds it"
-        )
-
-
 def version_uri(version: ModelVersion) -> str:
     """`models:/name/N`: a URI that names this version whatever the aliases do later."""
     return f"models:/{version.name}/{version.version}"
 
 
 def pin(model_uri: str) -> tuple[ModelVersion | None, str]:
-    """The version a URI resolves to now, and a URI to load exactly that version by.
+    """The version a URI resolves to now (None outside the registry), and a URI to load exactly it by.
 
     An alias can move while a step runs (a concurrent pipeline promotes); loading by version
     number keeps the model that is used and the version that is recorded the same.
-
-    Returns:
-        The version (None for URIs outside the registry) and the URI to load.
 
     Raises:
         PipelineError: As `resolve`.
