@@ -19,7 +19,7 @@ SERVED_CODE = Path(served_model.__file__)
 def model_requirements() -> list[str]:
     """Pinned pip requirements of a logged model: the versions installed here.
 
-    Given explicitly, because MLflow's inference of them costs seconds per logged model.
+    Given explicitly: MLflow infers them by loading the model in a subprocess, slow for every logged model.
     """
     return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 

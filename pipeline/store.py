@@ -41,7 +41,7 @@ ARTIFACTS_DIR = "artifacts"
 # Set while `local_server` runs, for the steps logging through it: a client of the server
 # cannot learn the directory behind it, and must never write its output there (pipeline.paths).
 DIR_ENV = "HOUSING_MLOPS_STORE_DIR"
-# Importing MLflow's server twice (CLI, then its uvicorn worker) takes 10-30 s on a busy machine.
+# Generous: the server imports MLflow twice (its CLI, then its uvicorn worker), slow on a busy machine.
 START_TIMEOUT = 180.0
 _LOG_TAIL_CHARS = 2000
 # Next to the database: `mlflow.db` -> `mlflow.schema.lock`.
