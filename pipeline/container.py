@@ -41,16 +41,12 @@ def tracking_uri(uri: str) -> Iterator[str]:
     import mlflow
 
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield uri
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-        mlflow.set_tracking_uri(previous)
+    with store.environ("MLFLOW_TRACKING_URI", uri):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 @contextmanager

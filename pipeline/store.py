@@ -265,16 +265,22 @@ def local_server(root: Path, port: int | None = None, timeout: float = START_TIM
     root.mkdir(parents=True, exist_ok=True)
     # The server would create the database as MLflow does, racing any other server started on it.
     ensure_database(backend_uri(root))
-    previous = os.environ.get(DIR_ENV)
+    with proxy_server(backend_uri(root), root / ARTIFACTS_DIR, port, timeout) as url, environ(DIR_ENV, str(root)):
+        yield url
+
+
+@contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """Sets the environment variable `name` while the block runs; then puts back what was there."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        with proxy_server(backend_uri(root), root / ARTIFACTS_DIR, port, timeout) as url:
-            os.environ[DIR_ENV] = str(root)
-            yield url
+        yield
     finally:
         if previous is None:
-            os.environ.pop(DIR_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[DIR_ENV] = previous
+            os.environ[name] = previous
 
 
 @contextmanager
