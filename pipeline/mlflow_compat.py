@@ -90,7 +90,7 @@ Elsewhere (the code stays with its caller):
   `mlflow.sharedViewState.<key>` named by `viewStateShareKey` in the URL; both are the UI's
   internal formats (its "Share" button writes the tag). Check on an upgrade: the printed links
   open the model-training view and the saved view (tests/integration/test_ui_links.py).
-- `pipeline.lease._created`: `create_registered_model` on a name that exists re-reads the
+- `pipeline.lease._create`: `create_registered_model` on a name that exists re-reads the
   clashing model (`store/model_registry/sqlalchemy_store.py`), so a lease deleted in between
   surfaces as RESOURCE_DOES_NOT_EXIST; both mean "someone else created it".
 - No code: after SIGINT, `mlflow run` marks its run FAILED over the KILLED our step set:
