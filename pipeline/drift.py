@@ -9,22 +9,17 @@ column of a reference, the model's training data:
   (`scipy.stats.wasserstein_distance`; 0.25 means "moved by a quarter of a standard deviation")
   and the population stability index (PSI) over bins at the reference's deciles.
 
-Effect sizes shrink with the batch size but never reach zero: with no drift at all, the median
-Wasserstein distance is 0.09 standard deviations for 200-row batches, 0.05 for 500 and 0.02 for
-5,000 (PSI: 0.04, 0.018, 0.002). A fixed threshold that suits one batch size alarms on most
-smaller batches and misses real drift in larger ones; here each column's threshold is the
-(1 − α / columns) quantile of the effect size between the reference and batch-sized samples of
-itself (a seeded bootstrap), calibrated for the batch's own size.
+Effect sizes of pure chance shrink as batches grow but never reach zero, so a fixed threshold
+that suits one batch size alarms on most smaller batches and misses real drift in larger ones;
+here each column's threshold is the (1 − α / columns) quantile of the effect size between the
+reference and batch-sized samples of itself (a seeded bootstrap), calibrated for the batch's size.
 
 A column drifts when both say so: the KS test is significant AND the Wasserstein distance or
 the PSI exceeds its threshold. Each signal alone is meant as a family-wise level-α test, but
-neither holds that level reliably on real batches. Measured by benchmarks/bench_drift.py on 500
-no-drift 500-row batches from the held-out split (α = 0.05): KS alone alarms on 4.6 % of them
-(5.5 % of 1,000 batches), the effect sizes alone on 19 %. The held-out split is itself a sample
-that differs a little from the training split (KS p = 0.02 on AveRooms), KS is only approximate
-on tied columns, and heavy tails (AveBedrms, AveOccup) make the Wasserstein distance jumpy.
-Requiring both gives 2.4 % (3.0 % of 1,000), while a shift of a quarter standard deviation in any one feature
-is still caught in every 1000-row batch.
+neither holds that level on real batches: the held-out split itself differs a little from the
+training split, KS is only approximate on tied columns, and heavy tails (AveBedrms, AveOccup)
+make the Wasserstein distance jumpy. The false-alarm and detection rates, and the command that
+measures them (benchmarks/bench_drift.py), are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -149,8 +144,8 @@ def null_distributions(
 
     Resamples have n·m/(n+m) rows (see `calibrate`), drawn jointly for all columns with a
     seeded `numpy.random.Generator`. Both statistics are computed for all resamples at once
-    (`scipy.stats.wasserstein_distance` takes one pair at a time, and 200 × 9 calls on
-    16,512 reference rows take tens of seconds); the results equal scipy's and `psi`'s exactly.
+    (`scipy.stats.wasserstein_distance` takes one pair at a time, far too slowly for thousands of
+    pairs); the results equal scipy's and `psi`'s to rounding.
 
     Returns:
         Two arrays of shape (n_bootstrap, columns).
@@ -228,15 +223,7 @@ def detect(
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = SEED,
 ) -> DriftResult:
-    """Calibrates thresholds for the batch's size, then compares (`calibrate`, `compare`).
-
-    Args:
-        reference: Reference rows (m × columns).
-        batch: Batch rows (n × columns), the same columns in the same order.
-        alpha: Family-wise false alarm level over all columns together.
-        n_bootstrap: Resamples for the effect-size thresholds.
-        seed: Seed of the bootstrap.
-    """
+    """Calibrates thresholds for the batch's size, then compares (`calibrate`, `compare`)."""
     thresholds = calibrate(reference, _2d(batch).shape[0], alpha, n_bootstrap, seed)
     return compare(reference, batch, thresholds)
 
