@@ -118,18 +118,9 @@ def monitor(
 
     Everything is read and checked before the run starts: a refused batch logs nothing.
 
-    Args:
-        batch_path: CSV with the 8 features, MedHouseVal optional.
-        reference_path: CSV of reference rows, or None for the rows that trained the model
-            (recorded by its run in `split.json`).
-        model_uri: The model whose predictions are compared; a `models:/` URI or any URI
-            MLflow loads (then `reference_path` is needed unless its run recorded a split).
-        fail_on_drift: Raise `RejectedError` (exit code 3) when drift is found, after logging.
-        min_batch: Fewest rows accepted in the batch (and the reference).
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The decisions and the logged metrics.
+    The arguments are `PARAMS`, each described once in `pipeline.params`. The default reference
+    is the training split the model's run recorded (`split.json`); for a model without one,
+    pass `reference_path`.
 
     Raises:
         DataError: The batch or reference file is unusable, or has fewer than `min_batch` rows.

@@ -147,17 +147,9 @@ def promote(
 ) -> PromoteResult:
     """Evaluates and gates the candidates and moves `champion` to the winner.
 
-    Args:
-        candidates: Aliases of `california-housing` (e.g. "challenger"), or labels mapped to
-            model URIs (the `main` pipeline passes the versions it made, so that concurrent
-            pipelines never judge each other's models).
-        min_r2: Lowest test R² a candidate may have.
-        max_r2_drop: How much lower than the current champion's test R² a candidate may be.
-        quantized_tolerance: How far a quantized candidate may trail the float one and still win.
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The decision.
+    The arguments are `PARAMS` but `rollback`, each described once in `pipeline.params`;
+    `candidates` may also map labels to model URIs (the `main` pipeline passes the versions it
+    made, so that concurrent pipelines never judge each other's models).
 
     Raises:
         PipelineError: A gate parameter out of range, a candidate does not exist, or candidates

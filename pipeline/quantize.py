@@ -41,15 +41,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """What a quantize run produced.
-
-    Attributes:
-        run_id: The MLflow run that logged the registered model.
-        version: The registered model version (a string, as MLflow gives it).
-        model_uri: `models:/california-housing/<version>`.
-        metrics: Every metric that run logged.
-        frontier: With a sweep, one row of metrics per bit width; None otherwise.
-    """
+    """What a quantize run produced, as `TrainResult` (of the run that logged the registered
+    model), and with a sweep the frontier: one row of metrics per bit width."""
 
     run_id: str
     version: str
@@ -203,11 +196,8 @@ def quantize(
     the size/accuracy frontier; only the `bits` model is registered, the others stay logged
     models of their runs.
 
-    Args:
-        model_uri: The float model (`models:/name@alias`, `models:/name/N` or `runs:/…`).
-        bits: Bit width of the registered model, 2 to 8.
-        sweep: Also quantize at every width of `SWEEP_BITS`, as nested runs.
-        experiment_name: Experiment for runs started outside `mlflow run`.
+    The arguments are `PARAMS`, each described once in `pipeline.params`; `model_uri` may be
+    `models:/name@alias`, `models:/name/N` or `runs:/…`.
 
     Raises:
         PipelineError: Bad `bits`, unknown model URI, or a model that is not a LinearRegression.

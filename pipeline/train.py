@@ -50,14 +50,8 @@ PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, EXPERIMENT_NAME)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        run_id: The MLflow run.
-        version: The registered model version (a string, as MLflow gives it).
-        model_uri: `models:/california-housing/<version>`.
-        metrics: Every metric the run logged.
-    """
+    """What a training run produced: its run, the registered version (a string, as MLflow gives
+    it), `models:/california-housing/<version>`, and every metric the run logged."""
 
     run_id: str
     version: str
@@ -211,14 +205,7 @@ def train(
     Data are loaded and validated before any run is touched, and the model is registered only
     after everything else is logged: bad input or a failure leaves no registered version.
 
-    Args:
-        data_path: A CSV with the 8 features and MedHouseVal, or None for scikit-learn's data.
-        test_size: Share of rows held out for evaluation.
-        random_state: Seed of the split.
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The run, the registered version and the metrics.
+    The arguments are `PARAMS`, each described once in `pipeline.params`.
 
     Raises:
         PipelineError: `test_size` or `random_state` out of range.
@@ -238,11 +225,7 @@ def run_name(fitted: Fitted) -> str:
 
 
 def log_training(fitted: Fitted, experiment_name: str = EXPERIMENT_NAME.default) -> TrainResult:
-    """Logs what `prepare` computed as a train run and registers the model as `challenger`, last.
-
-    Returns:
-        The run, the registered version and the metrics.
-    """
+    """Logs what `prepare` computed as a train run and registers the model as `challenger`, last."""
     dataset, split, model, test_pred, metrics, test_size, random_state = fitted
     description = (
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
