@@ -30,6 +30,7 @@ from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.params import BITS, EXPERIMENT_NAME, QUANTIZE_MODEL_URI, SWEEP
 from pipeline.quantization import per_tensor_uint, quantize_linear
 from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
+from pipeline.train import describe_cell
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,11 @@ def check_storable(split: data.Split, origin: str) -> None:
             stats = {"mean": values.mean()} if column == TARGET else {"mean": values.mean(), "std": values.std()}
         for name, value in stats.items():
             if not abs(value) <= FLOAT32_MAX:
-                position = int(np.argmax(np.abs(values)))
                 stored = "intercept" if column == TARGET else f"feature {name}"
                 raise DataError(
-                    f"{origin}: column {column!r}, row {int(training.index[position]) + 1}: {values[position]:g}: the "
-                    f"column's {name} over the training rows ({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), "
-                    f"in which the quantized model stores its {stored}"
+                    f"{origin}: {describe_cell(training, column)}: the column's {name} over the training rows "
+                    f"({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), in which the quantized model stores "
+                    f"its {stored}"
                 )
 
 
