@@ -17,11 +17,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, data, datasets, drift, mlflow_compat, registry, splits, tracking
+from pipeline import cli, data, datasets, drift, mlflow_compat, plots, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
@@ -34,25 +33,12 @@ PARAMS = (BATCH, REFERENCE, MODEL_URI, FAIL_ON_DRIFT, MIN_BATCH, EXPERIMENT_NAME
 COLUMNS = (*FEATURES, PREDICTION)
 REPORT_ARTIFACT = "drift/report.png"
 SUMMARY_ARTIFACT = "drift/summary.csv"
-# Histogram x-range: these quantiles of reference and batch together, so one extreme block
-# (AveOccup reaches 1,243) does not squeeze the bulk into a single bar.
-_PLOT_QUANTILES = (0.005, 0.995)
-_MAX_INTEGER_BARS = 80
 
 
 @dataclass(frozen=True)
 class MonitorResult:
-    """What a monitor run found.
-
-    Attributes:
-        run_id: The MLflow run that recorded it.
-        n_rows: Rows in the batch.
-        drift_detected: Any feature or the prediction drifted.
-        drifted_features: The features that drifted, in `config.FEATURES` order.
-        prediction_drift: The model's predictions drifted.
-        findings: One line: "No drift", or which columns drifted.
-        metrics: Every metric the run logged.
-    """
+    """What a monitor run found: whether any feature or the prediction drifted, which features did
+    (in `config.FEATURES` order), the findings in one line, and every metric the run logged."""
 
     run_id: str
     n_rows: int
@@ -215,7 +201,8 @@ def _log_run(
         mlflow.log_metrics(found.metrics)
         mlflow.log_text(summary_table(found.result).to_csv(index=False), SUMMARY_ARTIFACT)
         title = f"{found.findings}: {what}\nagainst the {reference.description}"
-        mlflow.log_figure(report_figure(found.reference, found.batch, found.result, title), REPORT_ARTIFACT)
+        figure = plots.drift_report(found.reference, found.batch, found.result, COLUMNS, title)
+        mlflow.log_figure(figure, REPORT_ARTIFACT)
     log.info("%s", description)
     return run.info.run_id
 
@@ -278,51 +265,6 @@ def summary_table(result: drift.DriftResult) -> pd.DataFrame:
             "drifted": result.drifted,
         }
     )
-
-
-def report_figure(reference: np.ndarray, batch: np.ndarray, result: drift.DriftResult, title: str) -> Figure:
-    """Reference vs batch histograms of every column, with its statistics; drifted ones in red."""
-    fig = Figure(figsize=(13, 11))
-    axes = fig.subplots(3, 3).ravel()
-    for j, (ax, column) in enumerate(zip(axes, COLUMNS, strict=True)):
-        bins = _histogram_bins(np.concatenate([reference[:, j], batch[:, j]]))
-        ax.hist(reference[:, j], bins=bins, density=True, histtype="stepfilled", color="tab:blue", alpha=0.45)
-        ax.hist(batch[:, j], bins=bins, density=True, histtype="step", color="black", linewidth=1.4)
-        color = "tab:red" if result.drifted[j] else "black"
-        verdict = "DRIFT" if result.drifted[j] else "no drift"
-        ax.set_title(f"{column}: {verdict}", color=color, fontweight="bold" if result.drifted[j] else "normal")
-        ax.text(
-            0.98,
-            0.97,
-            f"KS p {result.ks_p[j]:.2g} (α {result.thresholds.alpha_per_column:.2g})\n"
-            f"W {result.wasserstein[j]:.3f}σ (limit {result.thresholds.wasserstein[j]:.3f})\n"
-            f"PSI {result.psi[j]:.3f} (limit {result.thresholds.psi[j]:.3f})",
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=8,
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": color},
-        )
-        ax.set_yticks([])
-    axes[0].legend(["reference", "batch"], loc="upper left", fontsize=8)
-    fig.suptitle(
-        f"{title}\nDrift = KS significant and W (Wasserstein, in reference std) or PSI above its limit for "
-        f"this batch size. Histograms span the 0.5–99.5 % range of reference and batch together.",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _histogram_bins(values: np.ndarray) -> np.ndarray:
-    low, high = np.quantile(values, _PLOT_QUANTILES)
-    # Integer columns (HouseAge) get one bar per value; other bins would hold one or two values
-    # by turns and draw a comb.
-    if np.array_equal(values, np.round(values)) and high - low <= _MAX_INTEGER_BARS:
-        return np.arange(low - 0.5, high + 1.5)
-    if low == high:
-        return np.array([low - 0.5, high + 0.5])
-    return np.linspace(low, high, 41)
 
 
 def build_parser() -> argparse.ArgumentParser:
