@@ -58,13 +58,14 @@ def residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     return fig
 
 
-def coefficients_float_vs_quantized(
-    features: list[str], standardized: np.ndarray, dequantized: np.ndarray, bits: int
-) -> Figure:
-    """Per-feature standardized coefficients (w·σ) of the float model next to the quantized ones.
+def coefficients_float_vs_quantized(table: pd.DataFrame, bits: int) -> Figure:
+    """Per-feature standardized coefficients (w·σ) of the float model next to the quantized ones,
+    from quantize's coefficient table (`feature`, `standardized`, `dequantized_standardized`).
 
     Standardized, so every feature is on one scale: the effect of a one-std change, in 100k$.
     """
+    features = list(table["feature"])
+    standardized, dequantized = table["standardized"].to_numpy(), table["dequantized_standardized"].to_numpy()
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
     positions = np.arange(len(features))

@@ -79,17 +79,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class PromoteResult:
-    """What the promotion decided.
-
-    Attributes:
-        run_id: The promote run.
-        champion: Version now at `champion` (unchanged when rejected).
-        previous: Version now at `previous-champion`, if any.
-        changed: Whether `champion` moved.
-        reason: Why, in one sentence; also a tag on the run and on the champion version.
-        candidates: Each candidate's metrics and gate result.
-        rejected: No candidate passed; `champion` was left as it was.
-    """
+    """What the promotion decided: the versions now at `champion` (unchanged when rejected) and
+    `previous-champion`, whether `champion` moved, why in one sentence (also a tag on the run and
+    on the champion version), each candidate, and whether none passed."""
 
     run_id: str
     champion: str | None

@@ -273,16 +273,8 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
         ),
         "plots/quantized_vs_float.png",
     )
-    table = evaluation.coefficients
-    mlflow.log_figure(
-        plots.coefficients_float_vs_quantized(
-            list(table["feature"]),
-            table["standardized"].to_numpy(),
-            table["dequantized_standardized"].to_numpy(),
-            params.bits,
-        ),
-        "plots/coefficients.png",
-    )
+    figure = plots.coefficients_float_vs_quantized(evaluation.coefficients, params.bits)
+    mlflow.log_figure(figure, "plots/coefficients.png")
     with tempfile.TemporaryDirectory() as folder:
         params_path = Path(folder) / PARAMS_FILE
         params_path.write_text(params.to_json(), encoding="utf-8")

@@ -69,14 +69,8 @@ _INFINITE = "infinite"
 
 @dataclass(frozen=True)
 class SparkInput:
-    """An input as Spark reads it.
-
-    Attributes:
-        frame: The input's columns as Spark read them (text for CSV), then `_file` and `_id`,
-            and `_corrupt_record` for CSV.
-        columns: The input's columns, in its order.
-        source: The absolute path given, as recorded in the run.
-    """
+    """An input as Spark reads it: its columns (text for CSV), then `_file`, `_id` and for CSV
+    `_corrupt_record`; the input's own columns in order; the absolute path given, for the run."""
 
     frame: DataFrame
     columns: list[str]
@@ -371,6 +365,7 @@ def _cell_problems(batch: SparkInput, column: str) -> dict[str, Column]:
 
     kind = batch.frame.schema[column].dataType
     value = sf.col(column)
+    missing_text = sf.lit(False)
     if isinstance(kind, NumericType):
         number = value.cast("double")
         non_numeric = sf.lit(False)
@@ -383,14 +378,9 @@ def _cell_problems(batch: SparkInput, column: str) -> dict[str, Column]:
         # try_cast: a cell that is not a number becomes null instead of failing the job (ANSI mode).
         number = sf.when(~missing_text, value.try_cast("double"))
         non_numeric = value.isNotNull() & ~missing_text & number.isNull()
-        return {
-            _NON_NUMERIC: non_numeric,
-            _MISSING: value.isNull() | missing_text | sf.isnan(number),
-            _INFINITE: number.isin(float("inf"), float("-inf")),
-        }
     return {
         _NON_NUMERIC: non_numeric,
-        _MISSING: value.isNull() | sf.isnan(number),
+        _MISSING: value.isNull() | missing_text | sf.isnan(number),
         _INFINITE: number.isin(float("inf"), float("-inf")),
     }
 
