@@ -193,15 +193,8 @@ def _resampled_wasserstein(reference_sorted: np.ndarray, samples_sorted: np.ndar
 
 
 def compare(reference: np.ndarray, batch: np.ndarray, thresholds: Thresholds) -> DriftResult:
-    """Compares every column of a batch with the reference under thresholds from `calibrate`.
-
-    Args:
-        reference: Reference rows (m × columns).
-        batch: Batch rows (n × columns), the same columns in the same order.
-        thresholds: Calibrated for this reference and n rows.
-
-    Returns:
-        Statistics and decisions per column.
+    """Compares every column of a batch (rows × the reference's columns, in its order) with the
+    reference under thresholds `calibrate` made for this reference and the batch's size.
 
     Raises:
         ValueError: The thresholds were calibrated for another batch size.

@@ -13,16 +13,8 @@ def float_param_bytes(coef: np.ndarray, intercept: float | np.ndarray) -> int:
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "test_") -> dict[str, float]:
-    """R², MSE, RMSE and MAE under the metric keys every run logs.
-
-    Args:
-        y_true: True targets.
-        y_pred: Predictions, same length.
-        prefix: Put before each key: "test_" gives `test_r2`, `test_mse`, ...
-
-    Returns:
-        `{prefix}r2`, `{prefix}mse`, `{prefix}rmse`, `{prefix}mae` as Python floats.
-    """
+    """R², MSE, RMSE and MAE as Python floats, under the keys every run logs: `{prefix}r2`,
+    `{prefix}mse`, `{prefix}rmse`, `{prefix}mae`."""
     # Imported here: predict's running metrics need no scikit-learn.
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
@@ -72,15 +64,9 @@ class RunningErrors:
 
 
 def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test_") -> dict[str, float]:
-    """R², MSE, RMSE and MAE from sums over `n` rows, keyed like `regression_metrics`; empty for no rows.
-
-    Args:
-        n: Rows.
-        sse: Sum of squared errors.
-        sae: Sum of absolute errors.
-        m2: Sum of squared deviations of the target from its mean.
-        prefix: Put before each key.
-    """
+    """R², MSE, RMSE and MAE over `n` rows from their sums of squared errors, of absolute errors and
+    of the target's squared deviations from its mean (`m2`), keyed like `regression_metrics`;
+    empty for no rows."""
     if n == 0:
         return {}
     mse = sse / n
