@@ -39,14 +39,8 @@ PSI_FLOOR = 1e-4
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Alarm thresholds of the effect sizes for one batch size, one entry per column.
-
-    Attributes:
-        n_rows: The batch size they were calibrated for.
-        alpha_per_column: The Bonferroni-corrected level: α / columns.
-        wasserstein: Normalized Wasserstein distance thresholds.
-        psi: PSI thresholds.
-    """
+    """The KS level (Bonferroni-corrected: α / columns) and the effect sizes' alarm thresholds,
+    one per column, for batches of `n_rows` rows."""
 
     n_rows: int
     alpha_per_column: float
@@ -56,16 +50,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Per-column statistics and decisions, in the column order given.
-
-    Attributes:
-        ks_p: KS p-values.
-        wasserstein: Normalized Wasserstein distances.
-        psi: Population stability indices.
-        thresholds: The KS level and calibrated effect-size thresholds used.
-        drifted: Whether each column drifted: KS significant and an effect size above its
-            threshold.
-    """
+    """Per-column statistics, the thresholds they were judged by, and whether each column drifted
+    (KS significant and an effect size above its threshold), in the column order given."""
 
     ks_p: np.ndarray
     wasserstein: np.ndarray
@@ -115,17 +101,8 @@ def calibrate(
     them is approximated by the distance between a sample of n·m/(n+m) rows drawn from the
     reference and the reference itself (the same limiting distribution: the empirical CDFs'
     difference scales with √(1/n + 1/m)). Rows are drawn jointly, one draw for every column.
-
-    Args:
-        reference: Reference rows (m × columns).
-        n_rows: The batch size n.
-        alpha: Family-wise level; each column's threshold is the (1 − alpha/columns) quantile.
-        n_bootstrap: Number of resamples.
-        seed: Seed of the numpy Generator.
-        bins: PSI bins.
-
-    Returns:
-        Per-column thresholds.
+    `alpha` is family-wise: each column's threshold is the (1 − alpha/columns) quantile of
+    `n_bootstrap` resamples, drawn by a numpy Generator seeded with `seed`.
     """
     null_w, null_psi = null_distributions(reference, n_rows, n_bootstrap, seed, bins)
     alpha_per_column = alpha / null_w.shape[1]

@@ -36,31 +36,11 @@ SUMMARY_ARTIFACT = "drift/summary.csv"
 
 
 @dataclass(frozen=True)
-class MonitorResult:
-    """What a monitor run found: whether any feature or the prediction drifted, which features did
-    (in `config.FEATURES` order), the findings in one line, and every metric the run logged."""
-
-    run_id: str
-    n_rows: int
-    drift_detected: bool
-    drifted_features: list[str]
-    prediction_drift: bool
-    findings: str
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class _Reference:
-    X: pd.DataFrame
-    description: str
-
-
-@dataclass(frozen=True)
 class _Inputs:
     """What monitor reads before it computes anything."""
 
     batch: data.Dataset
-    reference: _Reference
+    reference: data.Dataset  # its source is what the run and the errors call it
     model: mlflow.pyfunc.PyFuncModel
     version: ModelVersion | None
     recorded: dict[str, float]  # the model run's metrics, when the batch carries MedHouseVal
@@ -69,7 +49,7 @@ class _Inputs:
 @dataclass(frozen=True)
 class Comparison:
     """What `compare` found: the columns it compared (the features, then the model's prediction),
-    the drift test's result, what drifted, and every metric to log."""
+    the drift test's result, what drifted (features in `config.FEATURES` order), and every metric to log."""
 
     reference: np.ndarray
     batch: np.ndarray
@@ -77,6 +57,11 @@ class Comparison:
     drifted_features: list[str]
     prediction_drift: bool
     metrics: dict[str, float]
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether any feature or the prediction drifted."""
+        return bool(self.metrics["drift_detected"])
 
     @property
     def drifted_columns(self) -> str:
@@ -90,6 +75,14 @@ class Comparison:
     def findings(self) -> str:
         """One line: "No drift", or which columns drifted."""
         return f"Drift in {self.drifted_columns}" if self.drifted_columns else "No drift"
+
+
+@dataclass(frozen=True)
+class MonitorResult(Comparison):
+    """What a monitor run found, the run that recorded it, and the batch's rows."""
+
+    run_id: str
+    n_rows: int
 
 
 def monitor(
@@ -117,19 +110,11 @@ def monitor(
     inputs = _load(batch_path, reference_path, model_uri, min_batch)
     found = compare(inputs.model, inputs.batch, inputs.reference, inputs.recorded)
     run_id = _log_run(inputs, found, model_uri, fail_on_drift, min_batch, experiment_name)
-    if fail_on_drift and found.metrics["drift_detected"]:
+    if fail_on_drift and found.drift_detected:
         raise RejectedError(
             f"{inputs.batch.source}: drift in {found.drifted_columns}; see {REPORT_ARTIFACT} of run {run_id}"
         )
-    return MonitorResult(
-        run_id=run_id,
-        n_rows=len(inputs.batch.X),
-        drift_detected=bool(found.metrics["drift_detected"]),
-        drifted_features=found.drifted_features,
-        prediction_drift=found.prediction_drift,
-        findings=found.findings,
-        metrics=found.metrics,
-    )
+    return MonitorResult(**vars(found), run_id=run_id, n_rows=len(inputs.batch.X))
 
 
 def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch: int) -> _Inputs:
@@ -142,21 +127,19 @@ def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch
     model = mlflow_compat.load_pyfunc(load_uri)
     run_id = version.run_id if version else model.metadata.run_id
     reference = _load_reference(reference_path, run_id, model_uri)
-    _check_size(reference.description, "reference", len(reference.X), min_batch)
+    _check_size(reference.source, "reference", len(reference.X), min_batch)
     recorded = MlflowClient().get_run(run_id).data.metrics if run_id and batch.y is not None else {}
     return _Inputs(batch, reference, model, version, recorded)
 
 
 def compare(
-    model: mlflow.pyfunc.PyFuncModel, batch: data.Dataset, reference: _Reference, recorded: dict[str, float]
+    model: mlflow.pyfunc.PyFuncModel, batch: data.Dataset, reference: data.Dataset, recorded: dict[str, float]
 ) -> Comparison:
     """Tests every feature and the model's prediction for drift, and scores a batch that carries
     MedHouseVal against the test metrics `recorded` by the model's run (no I/O)."""
     batch_pred = model_predictions(model, batch.X, batch.source)
     # The prediction is a ninth column, tested in the same family as the features.
-    ref_columns = np.column_stack(
-        [reference.X.to_numpy(), model_predictions(model, reference.X, reference.description)]
-    )
+    ref_columns = np.column_stack([reference.X.to_numpy(), model_predictions(model, reference.X, reference.source)])
     batch_columns = np.column_stack([batch.X.to_numpy(), batch_pred])
     result = drift.detect(ref_columns, batch_columns)
     drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))
@@ -175,7 +158,7 @@ def _log_run(
     version_text = f"version {version.version}" if version else "no registered version"
     what = f"{len(batch.X)} rows of {Path(batch.source).name}, {model_uri} ({version_text})"
     description = (
-        f"{found.findings}: {what}, against the {reference.description}; "
+        f"{found.findings}: {what}, against the {reference.source}; "
         f"{len(found.drifted_features)} of {len(FEATURES)} features drifted."
     )
     with tracking.step_run("monitor", "monitor", description, experiment_name) as run:
@@ -185,7 +168,7 @@ def _log_run(
                 "batch": batch.source,
                 "batch_digest": batch.digest,
                 "n_batch": len(batch.X),
-                "reference_source": reference.description,
+                "reference_source": reference.source,
                 "n_reference": len(reference.X),
                 "model_uri": model_uri,
                 "model_version": version.version if version else "",
@@ -200,7 +183,7 @@ def _log_run(
         mlflow.log_input(datasets.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
         mlflow.log_metrics(found.metrics)
         mlflow.log_text(summary_table(found.result).to_csv(index=False), SUMMARY_ARTIFACT)
-        title = f"{found.findings}: {what}\nagainst the {reference.description}"
+        title = f"{found.findings}: {what}\nagainst the {reference.source}"
         figure = plots.drift_report(found.reference, found.batch, found.result, COLUMNS, title)
         mlflow.log_figure(figure, REPORT_ARTIFACT)
     log.info("%s", description)
@@ -215,17 +198,15 @@ def _check_size(origin: str, what: str, n_rows: int, min_batch: int) -> None:
         )
 
 
-def _load_reference(reference_path: str | None, run_id: str | None, model_uri: str) -> _Reference:
+def _load_reference(reference_path: str | None, run_id: str | None, model_uri: str) -> data.Dataset:
     """The reference rows: a CSV, or the training rows the model's run recorded."""
     if reference_path:
-        dataset = data.load(reference_path, target=data.TARGET_OPTIONAL)
-        return _Reference(dataset.X, dataset.source)
+        return data.load(reference_path, target=data.TARGET_OPTIONAL)
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no training data; pass --reference")
     split, record = splits.load_split(run_id)
-    return _Reference(
-        split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
-    )
+    description = f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
+    return data.Dataset(split.X_train, None, description)
 
 
 def _drift_metrics(result: drift.DriftResult, drifted_features: list[str], prediction_drift: bool) -> dict[str, float]:
