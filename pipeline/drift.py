@@ -72,7 +72,7 @@ def normalized_wasserstein(reference: np.ndarray, batch: np.ndarray) -> np.ndarr
     return distance / _scale(reference)
 
 
-def psi(reference: np.ndarray, batch: np.ndarray, bins: int = PSI_BINS) -> np.ndarray:
+def psi(reference: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """Population stability index of every column, over bins at the reference's quantiles.
 
     Tied quantiles (integer or capped columns) are merged, so such a column has fewer bins.
@@ -80,32 +80,25 @@ def psi(reference: np.ndarray, batch: np.ndarray, bins: int = PSI_BINS) -> np.nd
     reference, batch = _2d(reference), _2d(batch)
     values = []
     for j in range(reference.shape[1]):
-        edges = _psi_edges(reference[:, j], bins)
+        edges = _psi_edges(reference[:, j])
         expected = np.bincount(_bin_codes(edges, reference[:, j]), minlength=edges.size + 1)
         actual = np.bincount(_bin_codes(edges, batch[:, j]), minlength=edges.size + 1)
         values.append(_psi_from_counts(expected / reference.shape[0], actual / batch.shape[0]))
     return np.array(values)
 
 
-def calibrate(
-    reference: np.ndarray,
-    n_rows: int,
-    alpha: float = ALPHA,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = SEED,
-    bins: int = PSI_BINS,
-) -> Thresholds:
+def calibrate(reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED) -> Thresholds:
     """Effect-size thresholds for batches of `n_rows` rows, by bootstrapping the reference.
 
     A batch and the reference are two samples; the null distribution of a distance between
     them is approximated by the distance between a sample of n·m/(n+m) rows drawn from the
     reference and the reference itself (the same limiting distribution: the empirical CDFs'
     difference scales with √(1/n + 1/m)). Rows are drawn jointly, one draw for every column.
-    `alpha` is family-wise: each column's threshold is the (1 − alpha/columns) quantile of
+    `ALPHA` is family-wise: each column's threshold is the (1 − ALPHA/columns) quantile of
     `n_bootstrap` resamples, drawn by a numpy Generator seeded with `seed`.
     """
-    null_w, null_psi = null_distributions(reference, n_rows, n_bootstrap, seed, bins)
-    alpha_per_column = alpha / null_w.shape[1]
+    null_w, null_psi = null_distributions(reference, n_rows, n_bootstrap, seed)
+    alpha_per_column = ALPHA / null_w.shape[1]
     return Thresholds(
         n_rows,
         alpha_per_column,
@@ -115,7 +108,7 @@ def calibrate(
 
 
 def null_distributions(
-    reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED, bins: int = PSI_BINS
+    reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalized Wasserstein distance and PSI of bootstrap samples against the reference.
 
@@ -137,7 +130,7 @@ def null_distributions(
     for j in range(n_columns):
         column = reference[:, j]
         null_w[:, j] = _resampled_wasserstein(np.sort(column), np.sort(column[rows], axis=1)) / scale[j]
-        edges = _psi_edges(column, bins)
+        edges = _psi_edges(column)
         n_bins = edges.size + 1
         codes = _bin_codes(edges, column)
         # One bincount for all resamples: resample b's bins are numbered from b · n_bins.
@@ -186,20 +179,14 @@ def compare(reference: np.ndarray, batch: np.ndarray, thresholds: Thresholds) ->
     return DriftResult(ks_p, w, p, thresholds, drifted)
 
 
-def detect(
-    reference: np.ndarray,
-    batch: np.ndarray,
-    alpha: float = ALPHA,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = SEED,
-) -> DriftResult:
+def detect(reference: np.ndarray, batch: np.ndarray, n_bootstrap: int = N_BOOTSTRAP) -> DriftResult:
     """Calibrates thresholds for the batch's size, then compares (`calibrate`, `compare`)."""
-    thresholds = calibrate(reference, _2d(batch).shape[0], alpha, n_bootstrap, seed)
+    thresholds = calibrate(reference, _2d(batch).shape[0], n_bootstrap)
     return compare(reference, batch, thresholds)
 
 
-def _psi_edges(column: np.ndarray, bins: int) -> np.ndarray:
-    return np.unique(np.quantile(column, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+def _psi_edges(column: np.ndarray) -> np.ndarray:
+    return np.unique(np.quantile(column, np.linspace(0.0, 1.0, PSI_BINS + 1)[1:-1]))
 
 
 def _bin_codes(edges: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -58,15 +58,14 @@ class RunningErrors:
         self._sse += float(residual @ residual)
         self._sae += float(np.abs(residual).sum())
 
-    def metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """R², MSE, RMSE and MAE of everything added, keyed like `regression_metrics`."""
-        return error_metrics(self.n, self._sse, self._sae, self._m2, prefix)
+    def metrics(self) -> dict[str, float]:
+        """The test_* metrics of everything added."""
+        return error_metrics(self.n, self._sse, self._sae, self._m2)
 
 
-def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test_") -> dict[str, float]:
-    """R², MSE, RMSE and MAE over `n` rows from their sums of squared errors, of absolute errors and
-    of the target's squared deviations from its mean (`m2`), keyed like `regression_metrics`;
-    empty for no rows."""
+def error_metrics(n: int, sse: float, sae: float, m2: float) -> dict[str, float]:
+    """The test_* metrics of `regression_metrics` over `n` rows from their sums of squared errors,
+    of absolute errors and of the target's squared deviations from its mean (`m2`); empty for no rows."""
     if n == 0:
         return {}
     mse = sse / n
@@ -77,9 +76,4 @@ def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test
         r2 = 1.0 if sse == 0.0 else 0.0
     else:
         r2 = 1.0 - sse / m2
-    return {
-        f"{prefix}r2": r2,
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": sae / n,
-    }
+    return {"test_r2": r2, "test_mse": mse, "test_rmse": math.sqrt(mse), "test_mae": sae / n}
