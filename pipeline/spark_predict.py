@@ -45,7 +45,7 @@ from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import error_metrics
 from pipeline.params import OUTPUT, SPARK_ENV_MANAGER, SPARK_OUTPUT
-from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult, log_run
+from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult, _inputs, log_run
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -146,8 +146,6 @@ def predict(
 def _check_output(output: Path, input_path: str, model_uri: str) -> None:
     """Refuses an output folder the step must not write: see `paths.check_output`, and anything
     already there but an earlier Parquet output (a folder Spark marked `_SUCCESS`)."""
-    from pipeline.predict import _inputs
-
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
     paths.check_output(output, _inputs(input_path, model_uri))
