@@ -232,12 +232,10 @@ def _decide(
     thresholds = {"minimum": min_r2}
     if current is not None:
         champion_metrics, _ = _evaluate(ALIAS_CHAMPION, current, eval_data, thresholds={})
-        mlflow.log_metrics({f"{ALIAS_CHAMPION}_{k}": v for k, v in champion_metrics.items()})
         thresholds[f"champion v{current.version} minus {max_r2_drop}"] = champion_metrics["test_r2"] - max_r2_drop
     gated = []
     for label, version in versions.items():
         metrics, failures = _evaluate(label, version, eval_data, thresholds)
-        mlflow.log_metrics({f"{label}_{k}": v for k, v in metrics.items()})
         mlflow.set_tag(f"gate.{label}", "passed" if not failures else "; ".join(failures))
         gated.append(Candidate(label, version, metrics, tuple(failures)))
     winner, reason = choose(gated, quantized_tolerance)
@@ -262,7 +260,8 @@ def _decide(
 def _evaluate(
     label: str, version: ModelVersion, eval_data: PandasDataset, thresholds: Mapping[str, float]
 ) -> tuple[dict[str, float], list[str]]:
-    """Evaluates one version in a nested run and gates its test R² against each threshold.
+    """Evaluates one version in a nested run, and gates its test R² against each threshold; its
+    metrics are also logged to the promote run, prefixed with `label`.
 
     Returns:
         The metrics under this project's keys, and one message per threshold it failed.
@@ -289,6 +288,7 @@ def _evaluate(
                 )
             except ModelValidationFailedException:
                 failures.append(f"test R² {metrics['test_r2']:.6f} < {threshold:.6f} ({name})")
+    mlflow.log_metrics({f"{label}_{k}": v for k, v in metrics.items()})
     log.info("%s v%s: test R² %.6f (run %s)", label, version.version, metrics["test_r2"], run.info.run_id)
     return metrics, failures
 
