@@ -9,22 +9,17 @@ column of a reference, the model's training data:
   (`scipy.stats.wasserstein_distance`; 0.25 means "moved by a quarter of a standard deviation")
   and the population stability index (PSI) over bins at the reference's deciles.
 
-Effect sizes shrink with the batch size but never reach zero: with no drift at all, the median
-Wasserstein distance is 0.09 standard deviations for 200-row batches, 0.05 for 500 and 0.02 for
-5,000 (PSI: 0.04, 0.018, 0.002). A fixed threshold that suits one batch size alarms on most
-smaller batches and misses real drift in larger ones; here each column's threshold is the
-(1 − α / columns) quantile of the effect size between the reference and batch-sized samples of
-itself (a seeded bootstrap), calibrated for the batch's own size.
+Effect sizes of pure chance shrink as batches grow but never reach zero, so a fixed threshold
+that suits one batch size alarms on most smaller batches and misses real drift in larger ones;
+here each column's threshold is the (1 − α / columns) quantile of the effect size between the
+reference and batch-sized samples of itself (a seeded bootstrap), calibrated for the batch's size.
 
 A column drifts when both say so: the KS test is significant AND the Wasserstein distance or
 the PSI exceeds its threshold. Each signal alone is meant as a family-wise level-α test, but
-neither holds that level reliably on real batches. Measured by benchmarks/bench_drift.py on 500
-no-drift 500-row batches from the held-out split (α = 0.05): KS alone alarms on 4.6 % of them
-(5.5 % of 1,000 batches), the effect sizes alone on 19 %. The held-out split is itself a sample
-that differs a little from the training split (KS p = 0.02 on AveRooms), KS is only approximate
-on tied columns, and heavy tails (AveBedrms, AveOccup) make the Wasserstein distance jumpy.
-Requiring both gives 2.4 % (3.0 % of 1,000), while a shift of a quarter standard deviation in any one feature
-is still caught in every 1000-row batch.
+neither holds that level on real batches: the held-out split itself differs a little from the
+training split, KS is only approximate on tied columns, and heavy tails (AveBedrms, AveOccup)
+make the Wasserstein distance jumpy. The false-alarm and detection rates, and the command that
+measures them (benchmarks/bench_drift.py), are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -44,14 +39,8 @@ PSI_FLOOR = 1e-4
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Alarm thresholds of the effect sizes for one batch size, one entry per column.
-
-    Attributes:
-        n_rows: The batch size they were calibrated for.
-        alpha_per_column: The Bonferroni-corrected level: α / columns.
-        wasserstein: Normalized Wasserstein distance thresholds.
-        psi: PSI thresholds.
-    """
+    """The KS level (Bonferroni-corrected: α / columns) and the effect sizes' alarm thresholds,
+    one per column, for batches of `n_rows` rows."""
 
     n_rows: int
     alpha_per_column: float
@@ -61,16 +50,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Per-column statistics and decisions, in the column order given.
-
-    Attributes:
-        ks_p: KS p-values.
-        wasserstein: Normalized Wasserstein distances.
-        psi: Population stability indices.
-        thresholds: The KS level and calibrated effect-size thresholds used.
-        drifted: Whether each column drifted: KS significant and an effect size above its
-            threshold.
-    """
+    """Per-column statistics, the thresholds they were judged by, and whether each column drifted
+    (KS significant and an effect size above its threshold), in the column order given."""
 
     ks_p: np.ndarray
     wasserstein: np.ndarray
@@ -91,7 +72,7 @@ def normalized_wasserstein(reference: np.ndarray, batch: np.ndarray) -> np.ndarr
     return distance / _scale(reference)
 
 
-def psi(reference: np.ndarray, batch: np.ndarray, bins: int = PSI_BINS) -> np.ndarray:
+def psi(reference: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """Population stability index of every column, over bins at the reference's quantiles.
 
     Tied quantiles (integer or capped columns) are merged, so such a column has fewer bins.
@@ -99,41 +80,25 @@ def psi(reference: np.ndarray, batch: np.ndarray, bins: int = PSI_BINS) -> np.nd
     reference, batch = _2d(reference), _2d(batch)
     values = []
     for j in range(reference.shape[1]):
-        edges = _psi_edges(reference[:, j], bins)
+        edges = _psi_edges(reference[:, j])
         expected = np.bincount(_bin_codes(edges, reference[:, j]), minlength=edges.size + 1)
         actual = np.bincount(_bin_codes(edges, batch[:, j]), minlength=edges.size + 1)
         values.append(_psi_from_counts(expected / reference.shape[0], actual / batch.shape[0]))
     return np.array(values)
 
 
-def calibrate(
-    reference: np.ndarray,
-    n_rows: int,
-    alpha: float = ALPHA,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = SEED,
-    bins: int = PSI_BINS,
-) -> Thresholds:
+def calibrate(reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED) -> Thresholds:
     """Effect-size thresholds for batches of `n_rows` rows, by bootstrapping the reference.
 
     A batch and the reference are two samples; the null distribution of a distance between
     them is approximated by the distance between a sample of n·m/(n+m) rows drawn from the
     reference and the reference itself (the same limiting distribution: the empirical CDFs'
     difference scales with √(1/n + 1/m)). Rows are drawn jointly, one draw for every column.
-
-    Args:
-        reference: Reference rows (m × columns).
-        n_rows: The batch size n.
-        alpha: Family-wise level; each column's threshold is the (1 − alpha/columns) quantile.
-        n_bootstrap: Number of resamples.
-        seed: Seed of the numpy Generator.
-        bins: PSI bins.
-
-    Returns:
-        Per-column thresholds.
+    `ALPHA` is family-wise: each column's threshold is the (1 − ALPHA/columns) quantile of
+    `n_bootstrap` resamples, drawn by a numpy Generator seeded with `seed`.
     """
-    null_w, null_psi = null_distributions(reference, n_rows, n_bootstrap, seed, bins)
-    alpha_per_column = alpha / null_w.shape[1]
+    null_w, null_psi = null_distributions(reference, n_rows, n_bootstrap, seed)
+    alpha_per_column = ALPHA / null_w.shape[1]
     return Thresholds(
         n_rows,
         alpha_per_column,
@@ -143,14 +108,14 @@ def calibrate(
 
 
 def null_distributions(
-    reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED, bins: int = PSI_BINS
+    reference: np.ndarray, n_rows: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = SEED
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalized Wasserstein distance and PSI of bootstrap samples against the reference.
 
     Resamples have n·m/(n+m) rows (see `calibrate`), drawn jointly for all columns with a
     seeded `numpy.random.Generator`. Both statistics are computed for all resamples at once
-    (`scipy.stats.wasserstein_distance` takes one pair at a time, and 200 × 9 calls on
-    16,512 reference rows take tens of seconds); the results equal scipy's and `psi`'s exactly.
+    (`scipy.stats.wasserstein_distance` takes one pair at a time, far too slowly for thousands of
+    pairs); the results equal scipy's and `psi`'s to rounding.
 
     Returns:
         Two arrays of shape (n_bootstrap, columns).
@@ -165,7 +130,7 @@ def null_distributions(
     for j in range(n_columns):
         column = reference[:, j]
         null_w[:, j] = _resampled_wasserstein(np.sort(column), np.sort(column[rows], axis=1)) / scale[j]
-        edges = _psi_edges(column, bins)
+        edges = _psi_edges(column)
         n_bins = edges.size + 1
         codes = _bin_codes(edges, column)
         # One bincount for all resamples: resample b's bins are numbered from b · n_bins.
@@ -198,15 +163,8 @@ def _resampled_wasserstein(reference_sorted: np.ndarray, samples_sorted: np.ndar
 
 
 def compare(reference: np.ndarray, batch: np.ndarray, thresholds: Thresholds) -> DriftResult:
-    """Compares every column of a batch with the reference under thresholds from `calibrate`.
-
-    Args:
-        reference: Reference rows (m × columns).
-        batch: Batch rows (n × columns), the same columns in the same order.
-        thresholds: Calibrated for this reference and n rows.
-
-    Returns:
-        Statistics and decisions per column.
+    """Compares every column of a batch (rows × the reference's columns, in its order) with the
+    reference under thresholds `calibrate` made for this reference and the batch's size.
 
     Raises:
         ValueError: The thresholds were calibrated for another batch size.
@@ -221,28 +179,14 @@ def compare(reference: np.ndarray, batch: np.ndarray, thresholds: Thresholds) ->
     return DriftResult(ks_p, w, p, thresholds, drifted)
 
 
-def detect(
-    reference: np.ndarray,
-    batch: np.ndarray,
-    alpha: float = ALPHA,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = SEED,
-) -> DriftResult:
-    """Calibrates thresholds for the batch's size, then compares (`calibrate`, `compare`).
-
-    Args:
-        reference: Reference rows (m × columns).
-        batch: Batch rows (n × columns), the same columns in the same order.
-        alpha: Family-wise false alarm level over all columns together.
-        n_bootstrap: Resamples for the effect-size thresholds.
-        seed: Seed of the bootstrap.
-    """
-    thresholds = calibrate(reference, _2d(batch).shape[0], alpha, n_bootstrap, seed)
+def detect(reference: np.ndarray, batch: np.ndarray, n_bootstrap: int = N_BOOTSTRAP) -> DriftResult:
+    """Calibrates thresholds for the batch's size, then compares (`calibrate`, `compare`)."""
+    thresholds = calibrate(reference, _2d(batch).shape[0], n_bootstrap)
     return compare(reference, batch, thresholds)
 
 
-def _psi_edges(column: np.ndarray, bins: int) -> np.ndarray:
-    return np.unique(np.quantile(column, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+def _psi_edges(column: np.ndarray) -> np.ndarray:
+    return np.unique(np.quantile(column, np.linspace(0.0, 1.0, PSI_BINS + 1)[1:-1]))
 
 
 def _bin_codes(edges: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -57,15 +57,7 @@ def run_pipeline(
 ) -> PipelineResult:
     """Trains, quantizes and promotes, as one parent run with three nested child runs.
 
-    Args:
-        data_path: A CSV with the 8 features and MedHouseVal, or None for scikit-learn's data.
-        test_size: Share of rows held out for evaluation.
-        random_state: Seed of the split.
-        bits: Bit width of the quantized model (2–8).
-        min_r2: Promotion gate: lowest test R².
-        max_r2_drop: Promotion gate: allowed drop from the current champion.
-        quantized_tolerance: How far the quantized model may trail the float one and still win.
-        experiment_name: Experiment for a parent run started outside `mlflow run`.
+    The arguments are `PARAMS`, each described once in `pipeline.params`.
 
     Raises:
         PipelineError: A parameter out of range; nothing is logged.

@@ -13,16 +13,8 @@ def float_param_bytes(coef: np.ndarray, intercept: float | np.ndarray) -> int:
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "test_") -> dict[str, float]:
-    """R², MSE, RMSE and MAE under the metric keys every run logs.
-
-    Args:
-        y_true: True targets.
-        y_pred: Predictions, same length.
-        prefix: Put before each key: "test_" gives `test_r2`, `test_mse`, ...
-
-    Returns:
-        `{prefix}r2`, `{prefix}mse`, `{prefix}rmse`, `{prefix}mae` as Python floats.
-    """
+    """R², MSE, RMSE and MAE as Python floats, under the keys every run logs: `{prefix}r2`,
+    `{prefix}mse`, `{prefix}rmse`, `{prefix}mae`."""
     # Imported here: predict's running metrics need no scikit-learn.
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
@@ -66,21 +58,14 @@ class RunningErrors:
         self._sse += float(residual @ residual)
         self._sae += float(np.abs(residual).sum())
 
-    def metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """R², MSE, RMSE and MAE of everything added, keyed like `regression_metrics`."""
-        return error_metrics(self.n, self._sse, self._sae, self._m2, prefix)
+    def metrics(self) -> dict[str, float]:
+        """The test_* metrics of everything added."""
+        return error_metrics(self.n, self._sse, self._sae, self._m2)
 
 
-def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test_") -> dict[str, float]:
-    """R², MSE, RMSE and MAE from sums over `n` rows, keyed like `regression_metrics`; empty for no rows.
-
-    Args:
-        n: Rows.
-        sse: Sum of squared errors.
-        sae: Sum of absolute errors.
-        m2: Sum of squared deviations of the target from its mean.
-        prefix: Put before each key.
-    """
+def error_metrics(n: int, sse: float, sae: float, m2: float) -> dict[str, float]:
+    """The test_* metrics of `regression_metrics` over `n` rows from their sums of squared errors,
+    of absolute errors and of the target's squared deviations from its mean (`m2`); empty for no rows."""
     if n == 0:
         return {}
     mse = sse / n
@@ -91,9 +76,4 @@ def error_metrics(n: int, sse: float, sae: float, m2: float, prefix: str = "test
         r2 = 1.0 if sse == 0.0 else 0.0
     else:
         r2 = 1.0 - sse / m2
-    return {
-        f"{prefix}r2": r2,
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": sae / n,
-    }
+    return {"test_r2": r2, "test_mse": mse, "test_rmse": math.sqrt(mse), "test_mae": sae / n}

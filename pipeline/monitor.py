@@ -17,11 +17,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, data, datasets, drift, mlflow_compat, registry, splits, tracking
+from pipeline import cli, data, datasets, drift, mlflow_compat, plots, registry, splits, tracking
 from pipeline.config import FEATURES, PREDICTION
 from pipeline.errors import DataError, PipelineError, RejectedError
 from pipeline.metrics import regression_metrics
@@ -34,39 +33,6 @@ PARAMS = (BATCH, REFERENCE, MODEL_URI, FAIL_ON_DRIFT, MIN_BATCH, EXPERIMENT_NAME
 COLUMNS = (*FEATURES, PREDICTION)
 REPORT_ARTIFACT = "drift/report.png"
 SUMMARY_ARTIFACT = "drift/summary.csv"
-# Histogram x-range: these quantiles of reference and batch together, so one extreme block
-# (AveOccup reaches 1,243) does not squeeze the bulk into a single bar.
-_PLOT_QUANTILES = (0.005, 0.995)
-_MAX_INTEGER_BARS = 80
-
-
-@dataclass(frozen=True)
-class MonitorResult:
-    """What a monitor run found.
-
-    Attributes:
-        run_id: The MLflow run that recorded it.
-        n_rows: Rows in the batch.
-        drift_detected: Any feature or the prediction drifted.
-        drifted_features: The features that drifted, in `config.FEATURES` order.
-        prediction_drift: The model's predictions drifted.
-        findings: One line: "No drift", or which columns drifted.
-        metrics: Every metric the run logged.
-    """
-
-    run_id: str
-    n_rows: int
-    drift_detected: bool
-    drifted_features: list[str]
-    prediction_drift: bool
-    findings: str
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class _Reference:
-    X: pd.DataFrame
-    description: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +40,7 @@ class _Inputs:
     """What monitor reads before it computes anything."""
 
     batch: data.Dataset
-    reference: _Reference
+    reference: data.Dataset  # its source is what the run and the errors call it
     model: mlflow.pyfunc.PyFuncModel
     version: ModelVersion | None
     recorded: dict[str, float]  # the model run's metrics, when the batch carries MedHouseVal
@@ -83,7 +49,7 @@ class _Inputs:
 @dataclass(frozen=True)
 class Comparison:
     """What `compare` found: the columns it compared (the features, then the model's prediction),
-    the drift test's result, what drifted, and every metric to log."""
+    the drift test's result, what drifted (features in `config.FEATURES` order), and every metric to log."""
 
     reference: np.ndarray
     batch: np.ndarray
@@ -91,6 +57,11 @@ class Comparison:
     drifted_features: list[str]
     prediction_drift: bool
     metrics: dict[str, float]
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether any feature or the prediction drifted."""
+        return bool(self.metrics["drift_detected"])
 
     @property
     def drifted_columns(self) -> str:
@@ -106,6 +77,14 @@ class Comparison:
         return f"Drift in {self.drifted_columns}" if self.drifted_columns else "No drift"
 
 
+@dataclass(frozen=True)
+class MonitorResult(Comparison):
+    """What a monitor run found, the run that recorded it, and the batch's rows."""
+
+    run_id: str
+    n_rows: int
+
+
 def monitor(
     batch_path: str,
     reference_path: str | None = REFERENCE.default,
@@ -118,18 +97,9 @@ def monitor(
 
     Everything is read and checked before the run starts: a refused batch logs nothing.
 
-    Args:
-        batch_path: CSV with the 8 features, MedHouseVal optional.
-        reference_path: CSV of reference rows, or None for the rows that trained the model
-            (recorded by its run in `split.json`).
-        model_uri: The model whose predictions are compared; a `models:/` URI or any URI
-            MLflow loads (then `reference_path` is needed unless its run recorded a split).
-        fail_on_drift: Raise `RejectedError` (exit code 3) when drift is found, after logging.
-        min_batch: Fewest rows accepted in the batch (and the reference).
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The decisions and the logged metrics.
+    The arguments are `PARAMS`, each described once in `pipeline.params`. The default reference
+    is the training split the model's run recorded (`split.json`); for a model without one,
+    pass `reference_path`.
 
     Raises:
         DataError: The batch or reference file is unusable, or has fewer than `min_batch` rows.
@@ -140,19 +110,11 @@ def monitor(
     inputs = _load(batch_path, reference_path, model_uri, min_batch)
     found = compare(inputs.model, inputs.batch, inputs.reference, inputs.recorded)
     run_id = _log_run(inputs, found, model_uri, fail_on_drift, min_batch, experiment_name)
-    if fail_on_drift and found.metrics["drift_detected"]:
+    if fail_on_drift and found.drift_detected:
         raise RejectedError(
             f"{inputs.batch.source}: drift in {found.drifted_columns}; see {REPORT_ARTIFACT} of run {run_id}"
         )
-    return MonitorResult(
-        run_id=run_id,
-        n_rows=len(inputs.batch.X),
-        drift_detected=bool(found.metrics["drift_detected"]),
-        drifted_features=found.drifted_features,
-        prediction_drift=found.prediction_drift,
-        findings=found.findings,
-        metrics=found.metrics,
-    )
+    return MonitorResult(**vars(found), run_id=run_id, n_rows=len(inputs.batch.X))
 
 
 def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch: int) -> _Inputs:
@@ -165,21 +127,19 @@ def _load(batch_path: str, reference_path: str | None, model_uri: str, min_batch
     model = mlflow_compat.load_pyfunc(load_uri)
     run_id = version.run_id if version else model.metadata.run_id
     reference = _load_reference(reference_path, run_id, model_uri)
-    _check_size(reference.description, "reference", len(reference.X), min_batch)
+    _check_size(reference.source, "reference", len(reference.X), min_batch)
     recorded = MlflowClient().get_run(run_id).data.metrics if run_id and batch.y is not None else {}
     return _Inputs(batch, reference, model, version, recorded)
 
 
 def compare(
-    model: mlflow.pyfunc.PyFuncModel, batch: data.Dataset, reference: _Reference, recorded: dict[str, float]
+    model: mlflow.pyfunc.PyFuncModel, batch: data.Dataset, reference: data.Dataset, recorded: dict[str, float]
 ) -> Comparison:
     """Tests every feature and the model's prediction for drift, and scores a batch that carries
     MedHouseVal against the test metrics `recorded` by the model's run (no I/O)."""
     batch_pred = model_predictions(model, batch.X, batch.source)
     # The prediction is a ninth column, tested in the same family as the features.
-    ref_columns = np.column_stack(
-        [reference.X.to_numpy(), model_predictions(model, reference.X, reference.description)]
-    )
+    ref_columns = np.column_stack([reference.X.to_numpy(), model_predictions(model, reference.X, reference.source)])
     batch_columns = np.column_stack([batch.X.to_numpy(), batch_pred])
     result = drift.detect(ref_columns, batch_columns)
     drifted = dict(zip(COLUMNS, result.drifted.tolist(), strict=True))
@@ -198,7 +158,7 @@ def _log_run(
     version_text = f"version {version.version}" if version else "no registered version"
     what = f"{len(batch.X)} rows of {Path(batch.source).name}, {model_uri} ({version_text})"
     description = (
-        f"{found.findings}: {what}, against the {reference.description}; "
+        f"{found.findings}: {what}, against the {reference.source}; "
         f"{len(found.drifted_features)} of {len(FEATURES)} features drifted."
     )
     with tracking.step_run("monitor", "monitor", description, experiment_name) as run:
@@ -208,7 +168,7 @@ def _log_run(
                 "batch": batch.source,
                 "batch_digest": batch.digest,
                 "n_batch": len(batch.X),
-                "reference_source": reference.description,
+                "reference_source": reference.source,
                 "n_reference": len(reference.X),
                 "model_uri": model_uri,
                 "model_version": version.version if version else "",
@@ -223,8 +183,9 @@ def _log_run(
         mlflow.log_input(datasets.mlflow_dataset(frame, batch.source, "monitored-batch"), context="monitoring")
         mlflow.log_metrics(found.metrics)
         mlflow.log_text(summary_table(found.result).to_csv(index=False), SUMMARY_ARTIFACT)
-        title = f"{found.findings}: {what}\nagainst the {reference.description}"
-        mlflow.log_figure(report_figure(found.reference, found.batch, found.result, title), REPORT_ARTIFACT)
+        title = f"{found.findings}: {what}\nagainst the {reference.source}"
+        figure = plots.drift_report(found.reference, found.batch, found.result, COLUMNS, title)
+        mlflow.log_figure(figure, REPORT_ARTIFACT)
     log.info("%s", description)
     return run.info.run_id
 
@@ -237,17 +198,15 @@ def _check_size(origin: str, what: str, n_rows: int, min_batch: int) -> None:
         )
 
 
-def _load_reference(reference_path: str | None, run_id: str | None, model_uri: str) -> _Reference:
+def _load_reference(reference_path: str | None, run_id: str | None, model_uri: str) -> data.Dataset:
     """The reference rows: a CSV, or the training rows the model's run recorded."""
     if reference_path:
-        dataset = data.load(reference_path, target=data.TARGET_OPTIONAL)
-        return _Reference(dataset.X, dataset.source)
+        return data.load(reference_path, target=data.TARGET_OPTIONAL)
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no training data; pass --reference")
     split, record = splits.load_split(run_id)
-    return _Reference(
-        split.X_train, f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
-    )
+    description = f"training split of run {run_id} ({len(split.X_train)} rows of {record['source']})"
+    return data.Dataset(split.X_train, None, description)
 
 
 def _drift_metrics(result: drift.DriftResult, drifted_features: list[str], prediction_drift: bool) -> dict[str, float]:
@@ -287,51 +246,6 @@ def summary_table(result: drift.DriftResult) -> pd.DataFrame:
             "drifted": result.drifted,
         }
     )
-
-
-def report_figure(reference: np.ndarray, batch: np.ndarray, result: drift.DriftResult, title: str) -> Figure:
-    """Reference vs batch histograms of every column, with its statistics; drifted ones in red."""
-    fig = Figure(figsize=(13, 11))
-    axes = fig.subplots(3, 3).ravel()
-    for j, (ax, column) in enumerate(zip(axes, COLUMNS, strict=True)):
-        bins = _histogram_bins(np.concatenate([reference[:, j], batch[:, j]]))
-        ax.hist(reference[:, j], bins=bins, density=True, histtype="stepfilled", color="tab:blue", alpha=0.45)
-        ax.hist(batch[:, j], bins=bins, density=True, histtype="step", color="black", linewidth=1.4)
-        color = "tab:red" if result.drifted[j] else "black"
-        verdict = "DRIFT" if result.drifted[j] else "no drift"
-        ax.set_title(f"{column}: {verdict}", color=color, fontweight="bold" if result.drifted[j] else "normal")
-        ax.text(
-            0.98,
-            0.97,
-            f"KS p {result.ks_p[j]:.2g} (α {result.thresholds.alpha_per_column:.2g})\n"
-            f"W {result.wasserstein[j]:.3f}σ (limit {result.thresholds.wasserstein[j]:.3f})\n"
-            f"PSI {result.psi[j]:.3f} (limit {result.thresholds.psi[j]:.3f})",
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=8,
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": color},
-        )
-        ax.set_yticks([])
-    axes[0].legend(["reference", "batch"], loc="upper left", fontsize=8)
-    fig.suptitle(
-        f"{title}\nDrift = KS significant and W (Wasserstein, in reference std) or PSI above its limit for "
-        f"this batch size. Histograms span the 0.5–99.5 % range of reference and batch together.",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _histogram_bins(values: np.ndarray) -> np.ndarray:
-    low, high = np.quantile(values, _PLOT_QUANTILES)
-    # Integer columns (HouseAge) get one bar per value; other bins would hold one or two values
-    # by turns and draw a comb.
-    if np.array_equal(values, np.round(values)) and high - low <= _MAX_INTEGER_BARS:
-        return np.arange(low - 0.5, high + 1.5)
-    if low == high:
-        return np.array([low - 0.5, high + 0.5])
-    return np.linspace(low, high, 41)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,17 +79,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class PromoteResult:
-    """What the promotion decided.
-
-    Attributes:
-        run_id: The promote run.
-        champion: Version now at `champion` (unchanged when rejected).
-        previous: Version now at `previous-champion`, if any.
-        changed: Whether `champion` moved.
-        reason: Why, in one sentence; also a tag on the run and on the champion version.
-        candidates: Each candidate's metrics and gate result.
-        rejected: No candidate passed; `champion` was left as it was.
-    """
+    """What the promotion decided: the versions now at `champion` (unchanged when rejected) and
+    `previous-champion`, whether `champion` moved, why in one sentence (also a tag on the run and
+    on the champion version), each candidate, and whether none passed."""
 
     run_id: str
     champion: str | None
@@ -147,17 +139,9 @@ def promote(
 ) -> PromoteResult:
     """Evaluates and gates the candidates and moves `champion` to the winner.
 
-    Args:
-        candidates: Aliases of `california-housing` (e.g. "challenger"), or labels mapped to
-            model URIs (the `main` pipeline passes the versions it made, so that concurrent
-            pipelines never judge each other's models).
-        min_r2: Lowest test R² a candidate may have.
-        max_r2_drop: How much lower than the current champion's test R² a candidate may be.
-        quantized_tolerance: How far a quantized candidate may trail the float one and still win.
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The decision.
+    The arguments are `PARAMS` but `rollback`, each described once in `pipeline.params`;
+    `candidates` may also map labels to model URIs (the `main` pipeline passes the versions it
+    made, so that concurrent pipelines never judge each other's models).
 
     Raises:
         PipelineError: A gate parameter out of range, a candidate does not exist, or candidates
@@ -248,12 +232,10 @@ def _decide(
     thresholds = {"minimum": min_r2}
     if current is not None:
         champion_metrics, _ = _evaluate(ALIAS_CHAMPION, current, eval_data, thresholds={})
-        mlflow.log_metrics({f"{ALIAS_CHAMPION}_{k}": v for k, v in champion_metrics.items()})
         thresholds[f"champion v{current.version} minus {max_r2_drop}"] = champion_metrics["test_r2"] - max_r2_drop
     gated = []
     for label, version in versions.items():
         metrics, failures = _evaluate(label, version, eval_data, thresholds)
-        mlflow.log_metrics({f"{label}_{k}": v for k, v in metrics.items()})
         mlflow.set_tag(f"gate.{label}", "passed" if not failures else "; ".join(failures))
         gated.append(Candidate(label, version, metrics, tuple(failures)))
     winner, reason = choose(gated, quantized_tolerance)
@@ -278,7 +260,8 @@ def _decide(
 def _evaluate(
     label: str, version: ModelVersion, eval_data: PandasDataset, thresholds: Mapping[str, float]
 ) -> tuple[dict[str, float], list[str]]:
-    """Evaluates one version in a nested run and gates its test R² against each threshold.
+    """Evaluates one version in a nested run, and gates its test R² against each threshold; its
+    metrics are also logged to the promote run, prefixed with `label`.
 
     Returns:
         The metrics under this project's keys, and one message per threshold it failed.
@@ -305,6 +288,7 @@ def _evaluate(
                 )
             except ModelValidationFailedException:
                 failures.append(f"test R² {metrics['test_r2']:.6f} < {threshold:.6f} ({name})")
+    mlflow.log_metrics({f"{label}_{k}": v for k, v in metrics.items()})
     log.info("%s v%s: test R² %.6f (run %s)", label, version.version, metrics["test_r2"], run.info.run_id)
     return metrics, failures
 

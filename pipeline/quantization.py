@@ -76,21 +76,14 @@ def float32_at_least(value: float) -> np.float32:
 
 
 def adaptive_rounding(v: np.ndarray, cov: np.ndarray, bits: int) -> tuple[np.ndarray, np.float32]:
-    """The integers q and float32 scale s in [s0, 2·s0] that best reproduce the float model.
+    """The integers q (int8) and float32 scale s in [s0, 2·s0] that best reproduce the float model.
 
-    Minimizes (s·q − v)ᵀ cov (s·q − v) over every q_i ∈ {floor(v_i/s), ceil(v_i/s)} with
-    |q_i| ≤ qmax, exactly: on each interval between breakpoints (s = |v_i|/k) floor(v/s) is a
-    constant f, and for each of the 2^n combinations q = f + b, b ∈ {0, 1}^n, the objective is a
-    parabola in s. Each candidate is judged at the float32 scale actually stored; the first
-    best wins (intervals ascending, b lexicographic), so the result is deterministic.
-
-    Args:
-        v: Standardized weights (n of them; 2^n combinations are tried per interval).
-        cov: Covariance of the standardized training features.
-        bits: Bit width.
-
-    Returns:
-        q as int8, and s.
+    Minimizes (s·q − v)ᵀ cov (s·q − v), `v` the standardized weights and `cov` the covariance of
+    the standardized training features, over every q_i ∈ {floor(v_i/s), ceil(v_i/s)} with
+    |q_i| ≤ qmax, exactly (module docstring, step 2): on each interval between breakpoints, for
+    each of the 2^n combinations q = floor(v/s) + b, b ∈ {0, 1}^n. Each candidate is judged at
+    the float32 scale actually stored; the first best wins (intervals ascending, b
+    lexicographic), so the result is deterministic.
     """
     v = np.asarray(v, dtype=np.float64)
     largest = float(np.abs(v).max(initial=0.0))
@@ -135,14 +128,8 @@ def rounding_bound(v: np.ndarray, q: np.ndarray, scale: np.float32) -> np.float3
 def quantize_linear(
     coef: np.ndarray, intercept: float, X_train: np.ndarray, bits: int, features: Sequence[str]
 ) -> QuantizedLinear:
-    """Quantizes y = intercept + X·coef (see the module docstring for every formula).
-
-    Args:
-        coef: Raw-feature weights of the float model.
-        intercept: Its intercept.
-        X_train: The training rows (for μ, σ, the scale calibration and the intercept).
-        bits: 2 to 8.
-        features: Column names, in the order of `coef`.
+    """Quantizes y = intercept + X·coef (see the module docstring for every formula); `X_train`'s
+    rows give μ, σ, the scale calibration and the intercept, `features` names `coef`'s columns.
 
     Raises:
         PipelineError: `bits` out of range.

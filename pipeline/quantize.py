@@ -30,6 +30,7 @@ from pipeline.metrics import float_param_bytes, regression_metrics
 from pipeline.params import BITS, EXPERIMENT_NAME, QUANTIZE_MODEL_URI, SWEEP
 from pipeline.quantization import per_tensor_uint, quantize_linear
 from pipeline.served_model import PARAMS_FILE, PARAMS_KEY, QuantizedLinear
+from pipeline.train import describe_cell
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """What a quantize run produced.
-
-    Attributes:
-        run_id: The MLflow run that logged the registered model.
-        version: The registered model version (a string, as MLflow gives it).
-        model_uri: `models:/california-housing/<version>`.
-        metrics: Every metric that run logged.
-        frontier: With a sweep, one row of metrics per bit width; None otherwise.
-    """
+    """What a quantize run produced, as `TrainResult` (of the run that logged the registered
+    model), and with a sweep the frontier: one row of metrics per bit width."""
 
     run_id: str
     version: str
@@ -125,12 +119,11 @@ def check_storable(split: data.Split, origin: str) -> None:
             stats = {"mean": values.mean()} if column == TARGET else {"mean": values.mean(), "std": values.std()}
         for name, value in stats.items():
             if not abs(value) <= FLOAT32_MAX:
-                position = int(np.argmax(np.abs(values)))
                 stored = "intercept" if column == TARGET else f"feature {name}"
                 raise DataError(
-                    f"{origin}: column {column!r}, row {int(training.index[position]) + 1}: {values[position]:g}: the "
-                    f"column's {name} over the training rows ({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), "
-                    f"in which the quantized model stores its {stored}"
+                    f"{origin}: {describe_cell(training, column)}: the column's {name} over the training rows "
+                    f"({value:g}) is beyond float32 (±{FLOAT32_MAX:.3g}), in which the quantized model stores "
+                    f"its {stored}"
                 )
 
 
@@ -203,11 +196,8 @@ def quantize(
     the size/accuracy frontier; only the `bits` model is registered, the others stay logged
     models of their runs.
 
-    Args:
-        model_uri: The float model (`models:/name@alias`, `models:/name/N` or `runs:/…`).
-        bits: Bit width of the registered model, 2 to 8.
-        sweep: Also quantize at every width of `SWEEP_BITS`, as nested runs.
-        experiment_name: Experiment for runs started outside `mlflow run`.
+    The arguments are `PARAMS`, each described once in `pipeline.params`; `model_uri` may be
+    `models:/name@alias`, `models:/name/N` or `runs:/…`.
 
     Raises:
         PipelineError: Bad `bits`, unknown model URI, or a model that is not a LinearRegression.
@@ -283,16 +273,8 @@ def _log_quantized(source: Source, evaluation: Evaluation) -> tuple[ModelInfo, d
         ),
         "plots/quantized_vs_float.png",
     )
-    table = evaluation.coefficients
-    mlflow.log_figure(
-        plots.coefficients_float_vs_quantized(
-            list(table["feature"]),
-            table["standardized"].to_numpy(),
-            table["dequantized_standardized"].to_numpy(),
-            params.bits,
-        ),
-        "plots/coefficients.png",
-    )
+    figure = plots.coefficients_float_vs_quantized(evaluation.coefficients, params.bits)
+    mlflow.log_figure(figure, "plots/coefficients.png")
     with tempfile.TemporaryDirectory() as folder:
         params_path = Path(folder) / PARAMS_FILE
         params_path.write_text(params.to_json(), encoding="utf-8")

@@ -19,10 +19,7 @@ from pipeline.mlflow_compat import unchecked_predict
 def model_predictions(model: mlflow.pyfunc.PyFuncModel, X: pd.DataFrame, origin: str) -> np.ndarray:
     """One finite float64 prediction per row, whatever container the model's flavor returns.
 
-    Args:
-        model: The loaded model.
-        X: The feature columns; its index + 1 is the data row in the file.
-        origin: Where the rows come from, named in errors.
+    `X`'s index + 1 is the data row in the file, named in errors with `origin`.
 
     Raises:
         PipelineError: The model returned something else than one number per row.
@@ -65,13 +62,8 @@ def raw_predictions(predict: Callable[[pd.DataFrame], Any], X: pd.DataFrame) -> 
 
 @dataclass
 class NonFinitePredictions:
-    """Rows whose prediction is infinite or NaN, counted across chunks.
-
-    Attributes:
-        first_row: The first such data row (1-based, as in the file), None when there is none.
-        first_value: Its prediction.
-        count: How many rows so far.
-    """
+    """Rows whose prediction is infinite or NaN, counted across chunks: the first such data row
+    (1-based, as in the file; None while there is none), its prediction, and how many so far."""
 
     first_row: int | None = None
     first_value: float = 0.0

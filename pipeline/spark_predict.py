@@ -45,7 +45,7 @@ from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import error_metrics
 from pipeline.params import OUTPUT, SPARK_ENV_MANAGER, SPARK_OUTPUT
-from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult, log_run
+from pipeline.predict import ERROR, SAMPLE_ROWS, PredictResult, _inputs, log_run
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -69,14 +69,8 @@ _INFINITE = "infinite"
 
 @dataclass(frozen=True)
 class SparkInput:
-    """An input as Spark reads it.
-
-    Attributes:
-        frame: The input's columns as Spark read them (text for CSV), then `_file` and `_id`,
-            and `_corrupt_record` for CSV.
-        columns: The input's columns, in its order.
-        source: The absolute path given, as recorded in the run.
-    """
+    """An input as Spark reads it: its columns (text for CSV), then `_file`, `_id` and for CSV
+    `_corrupt_record`; the input's own columns in order; the absolute path given, for the run."""
 
     frame: DataFrame
     columns: list[str]
@@ -152,8 +146,6 @@ def predict(
 def _check_output(output: Path, input_path: str, model_uri: str) -> None:
     """Refuses an output folder the step must not write: see `paths.check_output`, and anything
     already there but an earlier Parquet output (a folder Spark marked `_SUCCESS`)."""
-    from pipeline.predict import _inputs
-
     if not output.parent.is_dir():
         raise PipelineError(f"output folder {output.parent} does not exist")
     paths.check_output(output, _inputs(input_path, model_uri))
@@ -371,6 +363,7 @@ def _cell_problems(batch: SparkInput, column: str) -> dict[str, Column]:
 
     kind = batch.frame.schema[column].dataType
     value = sf.col(column)
+    missing_text = sf.lit(False)
     if isinstance(kind, NumericType):
         number = value.cast("double")
         non_numeric = sf.lit(False)
@@ -383,14 +376,9 @@ def _cell_problems(batch: SparkInput, column: str) -> dict[str, Column]:
         # try_cast: a cell that is not a number becomes null instead of failing the job (ANSI mode).
         number = sf.when(~missing_text, value.try_cast("double"))
         non_numeric = value.isNotNull() & ~missing_text & number.isNull()
-        return {
-            _NON_NUMERIC: non_numeric,
-            _MISSING: value.isNull() | missing_text | sf.isnan(number),
-            _INFINITE: number.isin(float("inf"), float("-inf")),
-        }
     return {
         _NON_NUMERIC: non_numeric,
-        _MISSING: value.isNull() | sf.isnan(number),
+        _MISSING: value.isNull() | missing_text | sf.isnan(number),
         _INFINITE: number.isin(float("inf"), float("-inf")),
     }
 

@@ -50,14 +50,8 @@ PARAMS = (DATA, TEST_SIZE, RANDOM_STATE, EXPERIMENT_NAME)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        run_id: The MLflow run.
-        version: The registered model version (a string, as MLflow gives it).
-        model_uri: `models:/california-housing/<version>`.
-        metrics: Every metric the run logged.
-    """
+    """What a training run produced: its run, the registered version (a string, as MLflow gives
+    it), `models:/california-housing/<version>`, and every metric the run logged."""
 
     run_id: str
     version: str
@@ -86,11 +80,6 @@ def coefficient_table(model: LinearRegression, X_train: pd.DataFrame) -> pd.Data
             "coefficient_x_std": model.coef_ * std,
         }
     )
-
-
-def _train_fit(y_train: pd.Series, train_pred: np.ndarray) -> dict[str, float]:
-    fit_metrics = regression_metrics(y_train, train_pred, prefix="train_")
-    return {key: fit_metrics[key] for key in ("train_r2", "train_mse")}
 
 
 class Fitted(NamedTuple):
@@ -127,9 +116,11 @@ def prepare(
         model = fit(split.X_train, split.y_train)
         test_pred = model.predict(split.X_test)
         train_pred = model.predict(split.X_train)
+        train_metrics = regression_metrics(split.y_train, train_pred, prefix="train_")
         metrics = {
             **regression_metrics(split.y_test, test_pred),
-            **_train_fit(split.y_train, train_pred),
+            "train_r2": train_metrics["train_r2"],
+            "train_mse": train_metrics["train_mse"],
             "param_bytes": float(float_param_bytes(model.coef_, model.intercept_)),
         }
     _check_rank(model, split.X_train, dataset.source)
@@ -138,8 +129,13 @@ def prepare(
     return Fitted(dataset, split, model, test_pred, metrics, test_size, random_state)
 
 
-def _cell(frame: pd.DataFrame, column: str, position: int) -> str:
-    """`column 'Population', row 17: 1e+308`: row as data.py counts them (the frame's index + 1)."""
+def describe_cell(frame: pd.DataFrame, column: str, position: int | None = None) -> str:
+    """`column 'Population', row 17: 1e+308`: row as data.py counts them (the frame's index + 1).
+
+    `position` None: the column's cell of largest magnitude.
+    """
+    if position is None:
+        position = int(np.argmax(np.abs(frame[column].to_numpy())))
     return f"column {column!r}, row {int(frame.index[position]) + 1}: {frame[column].iloc[position]:g}"
 
 
@@ -149,9 +145,8 @@ def _check_sums(training: pd.DataFrame, origin: str) -> None:
         means = training.to_numpy().mean(axis=0)
     for column, mean in zip(training.columns, means, strict=True):
         if not np.isfinite(mean):
-            position = int(np.argmax(np.abs(training[column].to_numpy())))
             raise DataError(
-                f"{origin}: {_cell(training, column, position)}: the column's sum over the training rows "
+                f"{origin}: {describe_cell(training, column)}: the column's sum over the training rows "
                 "overflows float64, so least squares cannot centre it"
             )
 
@@ -173,7 +168,7 @@ def _check_rank(model: LinearRegression, X_train: pd.DataFrame, origin: str) -> 
     column = X_train.columns[int(np.argmax(np.abs(top)))]
     position = int(np.argmax(np.abs(centred[column].to_numpy())))
     raise DataError(
-        f"{origin}: {_cell(X_train, column, position)}: the column is so far out of scale with the others that "
+        f"{origin}: {describe_cell(X_train, column, position)}: the column is so far out of scale with the others that "
         f"least squares (LinearRegression, singular values under {model.tol:g} of the largest count as zero) "
         f"would ignore {varying - model.rank_} of the {varying} features; correct the value or rescale the column"
     )
@@ -195,7 +190,7 @@ def _refuse_overflowing_errors(
         ]
     column = rows.columns[int(np.argmax(shares))]
     raise DataError(
-        f"{origin}: {_cell(rows, column, position)}: the model's squared error on this row overflows float64, "
+        f"{origin}: {describe_cell(rows, column, position)}: the model's squared error on this row overflows float64, "
         "so its MSE and R² would be infinite"
     )
 
@@ -211,14 +206,7 @@ def train(
     Data are loaded and validated before any run is touched, and the model is registered only
     after everything else is logged: bad input or a failure leaves no registered version.
 
-    Args:
-        data_path: A CSV with the 8 features and MedHouseVal, or None for scikit-learn's data.
-        test_size: Share of rows held out for evaluation.
-        random_state: Seed of the split.
-        experiment_name: Experiment for runs started outside `mlflow run`.
-
-    Returns:
-        The run, the registered version and the metrics.
+    The arguments are `PARAMS`, each described once in `pipeline.params`.
 
     Raises:
         PipelineError: `test_size` or `random_state` out of range.
@@ -238,11 +226,7 @@ def run_name(fitted: Fitted) -> str:
 
 
 def log_training(fitted: Fitted, experiment_name: str = EXPERIMENT_NAME.default) -> TrainResult:
-    """Logs what `prepare` computed as a train run and registers the model as `challenger`, last.
-
-    Returns:
-        The run, the registered version and the metrics.
-    """
+    """Logs what `prepare` computed as a train run and registers the model as `challenger`, last."""
     dataset, split, model, test_pred, metrics, test_size, random_state = fitted
     description = (
         f"Float LinearRegression trained on {len(split.X_train)} rows of {dataset.source}; "
