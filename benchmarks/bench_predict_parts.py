@@ -57,7 +57,7 @@ def main() -> None:
 
     from pipeline import data
     from pipeline.params import CHUNKSIZE
-    from pipeline.predict import _read_ahead, score
+    from pipeline.predict import open_csv, score
     from pipeline.scoring import model_predictions
 
     chunksize = args.chunksize or CHUNKSIZE.default
@@ -84,7 +84,7 @@ def main() -> None:
         timed("score and write validated chunks", lambda: score(model, validated, output, str(path)), args.repeat)
         timed(
             "predict's loop: read ahead, validate, score, write",
-            lambda: score(model, _read_ahead(chunks()), output, str(path)),
+            lambda: score(model, open_csv(str(path), chunksize).chunks, output, str(path)),
             args.repeat,
         )
 

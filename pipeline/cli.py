@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn, TypeVar
 
-from mlflow.exceptions import MlflowException
-
 from pipeline import store
 from pipeline.config import EXIT_ERROR
 from pipeline.errors import PipelineError, interruption
@@ -155,16 +153,32 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def prepare_tracking_store(reads_models: bool = False) -> None:
+    """Creates the SQLite store of the tracking URI, safely when many processes start at once
+    (`store.ensure_database`), or checks that its tracking server answers (`check_tracking_server`).
+
+    With `reads_models`, a SQLite store that does not exist is refused instead, creating nothing:
+    a new store holds no model.
+    """
+    if reads_models:
+        store.require_database()
+    store.ensure_database()
+    check_tracking_server()
+
+
+def _from_mlflow(err: Exception) -> bool:
+    """Whether `err` is one of MLflow's own errors (MLflow is imported only by steps that use it)."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.MlflowException)
+
+
 def run(
     step: Callable[[], T], report: Callable[[T], None], prepare_store: bool = True, reads_models: bool = False
 ) -> int:
     """Runs a step, prints its report, and maps failures to exit codes.
 
-    With `prepare_store`, the SQLite store of the tracking URI is created first, safely when many
-    processes start at once (`store.ensure_database`), and a tracking server must answer at once
-    (`check_tracking_server`); commands that pick their own store pass False. A step that
-    `reads_models` from the registry refuses a SQLite store that does not exist, creating nothing:
-    a new store holds no model.
+    With `prepare_store`, the tracking store is prepared first (`prepare_tracking_store`, with
+    `reads_models`); commands that pick their own store, or prepare it themselves, pass False.
 
     A `PipelineError` (bad input, a gate that said no) is one line on stderr, without a
     traceback; an MLflow error is reported the same way. SIGTERM and SIGINT stop the step: its
@@ -179,13 +193,15 @@ def run(
     outermost = _depth == 0
     with _signals_interrupt():
         try:
-            if reads_models:
-                store.require_database()
             if prepare_store:
-                store.ensure_database()
-                check_tracking_server()
+                prepare_tracking_store(reads_models)
             result = step()
-        except (KeyboardInterrupt, MlflowException) as err:
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        except (KeyboardInterrupt, Exception) as err:
+            if not isinstance(err, KeyboardInterrupt) and not _from_mlflow(err):
+                raise
             stop = interruption(err)
             if stop is None:
                 print(f"error: MLflow: {err.message}", file=sys.stderr)
@@ -195,8 +211,5 @@ def run(
             name, code = (stop.signal_name, stop.exit_code) if isinstance(stop, Interrupted) else ("SIGINT", 130)
             print(f"error: stopped by {name}; its open runs ended as KILLED", file=sys.stderr)
             return code
-        except PipelineError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return err.exit_code
     report(result)
     return 0

@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import logging
 import os
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from mlflow.utils.file_utils import local_file_uri_to_path
-from mlflow.utils.uri import is_local_uri
 from tqdm import tqdm
 
-from pipeline import cli, data, mlflow_compat, paths, registry, splits, tracking
+from pipeline import cli, data
 from pipeline.config import FEATURES, PREDICTION, TARGET
 from pipeline.errors import PipelineError
 from pipeline.metrics import RunningErrors
@@ -44,7 +41,12 @@ from pipeline.params import (
     SPARK_ENV_MANAGER,
     SPARK_MASTER,
 )
-from pipeline.scoring import NonFinitePredictions, predictor, raw_predictions
+
+# MLflow, and the modules of this package that import it, are imported in the functions that use
+# them: predict starts reading its input first, and parsing the first rows on a thread overlaps
+# MLflow's import, the longest part of the start.
+if TYPE_CHECKING:
+    import mlflow
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ SAMPLE_ROWS = 10
 # Prediction minus MedHouseVal, written when the input carries the target.
 ERROR = "error"
 _LINE_SAMPLE_BYTES = 1 << 16
+# How far reading may run ahead of scoring: at the start, while MLflow is imported and the model
+# loaded, the first rows are parsed; a bound on rows (and on chunks, for tiny chunk sizes) bounds memory.
+READ_AHEAD_ROWS = 2_000_000
+_READ_AHEAD_CHUNKS = 64
 # Plain numbers, no quotes; shortest text that reads back to the same float64.
 _CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=1 << 16)
 
@@ -143,23 +149,30 @@ def predict(
     if engine == ENGINE_SPARK:
         from pipeline import spark_predict  # pyspark, an optional extra, is loaded only for this engine
 
+        cli.prepare_tracking_store(reads_models=True)
         return spark_predict.predict(
             model_uri, input_path, output_path, experiment_name, spark_master, spark_env_manager
         )
-    output = _checked_output(output_path, input_path, model_uri)
-    version, load_uri = registry.pin(model_uri)
+    # Reading starts before anything else; its first error is raised when its rows are first asked for.
     batch = open_csv(input_path, chunksize) if input_path else None
     try:
+        from pipeline import mlflow_compat, paths, registry
+
+        cli.prepare_tracking_store(reads_models=True)
+        output = _checked_output(output_path, input_path, model_uri)
+        version, load_uri = registry.pin(model_uri)
+        if batch is not None:
+            batch = batch.started()  # a bad header fails before the model loads
         model = mlflow_compat.load_pyfunc(load_uri)
         batch = batch or held_out_split(version.run_id if version else model.metadata.run_id, model_uri)
         if batch.data_file:
             paths.check_output(output_path, [("the data of the held-out split", batch.data_file)])
         show = sys.stderr.isatty() if progress is None else progress
         with _temporary_file(output) as temporary:
-            started = time.perf_counter()
+            started = time.perf_counter() - batch.seconds_read()
             with progress_bar(batch.total_rows, show) as bar:
                 n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
-            rows_per_second = n_rows / max(time.perf_counter() - started + batch.seconds_read, 1e-9)
+            rows_per_second = n_rows / max(time.perf_counter() - started, 1e-9)
             result = PredictResult(
                 run_id="",
                 model_uri=model_uri,
@@ -189,6 +202,8 @@ def _checked_output(output_path: str | Path, input_path: str | None, model_uri: 
     Raises:
         PipelineError: A folder, a missing folder, or a file predict must not replace (`pipeline.paths`).
     """
+    from pipeline import paths
+
     output = Path(output_path).resolve()
     if output.is_dir():
         raise PipelineError(f"output {output} is a folder; give a file name")
@@ -236,6 +251,10 @@ def log_run(
         f"Scored {result.n_rows} rows of {result.input_source} with {result.model_uri} ({version}){engine} "
         f"into {result.output_path}."
     )
+    import mlflow
+
+    from pipeline import tracking
+
     with tracking.step_run("predict", "predict", description, experiment_name) as run:
         tracking.log_params(given)
         mlflow.log_params({**resolved, "input_source": result.input_source, "output_path": result.output_path})
@@ -246,6 +265,9 @@ def log_run(
 
 def _inputs(input_path: str | None, model_uri: str) -> list[tuple[str, str]]:
     """What predict reads from files, for the output guard: the CSV, and a model given as a folder."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
     inputs = [("the input", input_path)] if input_path else []
     if is_local_uri(model_uri) and Path(local_file_uri_to_path(model_uri)).exists():
         inputs.append(("the model", local_file_uri_to_path(model_uri)))
@@ -260,17 +282,25 @@ class Batch:
         chunks: Frames with the feature columns and, when present, MedHouseVal.
         source: Where they come from, as recorded in the run.
         total_rows: The row count, or an estimate, for the progress bar.
-        seconds_read: Time already spent reading chunks, counted in the throughput.
         data_file: The CSV the held-out split was cut from, which the output must not replace.
-        reader: The open reader behind `chunks`, closed by `close`; None for rows in memory.
+        reader: The reader of a file behind `chunks`; None for rows in memory.
     """
 
     chunks: Iterable[pd.DataFrame]
     source: str
     total_rows: int | None
-    seconds_read: float = 0.0
     data_file: str | None = None
-    reader: Generator[pd.DataFrame, None, None] | None = None
+    reader: ReadAhead | None = None
+
+    def started(self) -> Batch:
+        """This batch once the first chunk of its file is read (raising its error, if any), with the
+        file's estimated row count."""
+        self.reader.first()
+        return replace(self, total_rows=estimate_rows(Path(self.source)))
+
+    def seconds_read(self) -> float:
+        """Time spent reading so far (`ReadAhead.seconds`), counted in the throughput."""
+        return self.reader.seconds if self.reader is not None else 0.0
 
     def close(self) -> None:
         """Closes the input file and stops the read-ahead thread, whether or not every row was read."""
@@ -278,18 +308,56 @@ class Batch:
             self.reader.close()
 
 
-def open_csv(input_path: str, chunksize: int) -> Batch:
-    """Opens a CSV for scoring and reads its first chunk, so a bad header fails before anything else.
+class ReadAhead:
+    """Chunks read on a thread, up to `depth` of them ahead of the caller.
 
-    Raises:
-        DataError: The file, its header or its first chunk cannot be used.
+    pyarrow parses without holding the GIL, so reading overlaps whatever the caller does
+    meanwhile: importing MLflow and loading the model at the start, then scoring and writing.
+    A reading error is raised where its chunk would have been.
+    """
+
+    def __init__(self, chunks: Generator[pd.DataFrame, None, None], depth: int) -> None:
+        self.seconds = 0.0  # spent reading so far
+        self._chunks = chunks
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="read-csv")
+        self._ahead = deque(self._pool.submit(self._next) for _ in range(depth))
+
+    def _next(self) -> pd.DataFrame | None:
+        # The thread's own CPU time: reading that overlapped the start is counted as the work it
+        # was, not as the time it waited for the GIL while MLflow was imported.
+        started = time.thread_time()
+        try:
+            return next(self._chunks, None)
+        finally:
+            self.seconds += time.thread_time() - started
+
+    def first(self) -> None:
+        """Waits for the first chunk; raises its reading error, if any."""
+        self._ahead[0].result()
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        while (chunk := self._ahead.popleft().result()) is not None:
+            self._ahead.append(self._pool.submit(self._next))
+            yield chunk
+
+    def close(self) -> None:
+        """Stops reading: chunks not started are dropped, the one being read is waited for."""
+        for ahead in self._ahead:
+            if not ahead.cancel():
+                ahead.exception()  # waits: a generator running on the thread cannot be closed
+        self._pool.shutdown()
+        self._chunks.close()
+
+
+def open_csv(input_path: str, chunksize: int) -> Batch:
+    """Starts reading a CSV for scoring, on a thread, up to `READ_AHEAD_ROWS` rows ahead.
+
+    Errors in the file are raised where its rows are asked for (`ReadAhead.first`, or the chunks).
     """
     path = Path(input_path)
-    chunks = _read_ahead(data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize))
-    started = time.perf_counter()
-    first = next(chunks)
-    rows = itertools.chain([first], chunks)
-    return Batch(rows, str(path.resolve()), estimate_rows(path), time.perf_counter() - started, reader=chunks)
+    chunks = data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
+    reader = ReadAhead(chunks, depth=min(max(READ_AHEAD_ROWS // chunksize, 1), _READ_AHEAD_CHUNKS))
+    return Batch(reader, str(path.resolve()), None, reader=reader)
 
 
 def held_out_split(run_id: str | None, model_uri: str) -> Batch:
@@ -300,11 +368,13 @@ def held_out_split(run_id: str | None, model_uri: str) -> Batch:
     """
     if not run_id:
         raise PipelineError(f"{model_uri} was not logged by a run, so it has no held-out split; pass --input")
+    from pipeline import splits
+
     split, record = splits.load_split(run_id)
     frame = split.X_test.assign(**{TARGET: split.y_test})
     source = record["source"]
     data_file = source if Path(source).is_file() else None  # not scikit-learn's download
-    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {source})", len(frame), 0.0, data_file)
+    return Batch([frame], f"held-out split of run {run_id} ({len(frame)} rows of {source})", len(frame), data_file)
 
 
 def score(
@@ -325,6 +395,8 @@ def score(
         PipelineError: The file cannot be written.
         DataError: A prediction is not finite; every chunk is read to count such rows.
     """
+    from pipeline.scoring import NonFinitePredictions, predictor, raw_predictions
+
     predict = predictor(model)
     errors = RunningErrors()
     unusable = NonFinitePredictions()
@@ -388,23 +460,6 @@ def _publish(temporary: str, output: Path) -> None:
     os.replace(temporary, output)
 
 
-def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Generator[pd.DataFrame, None, None]:
-    """`chunks`, each next one read on a thread while the caller scores the last.
-
-    pyarrow parses without holding the GIL, so reading overlaps scoring and writing.
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="read-csv") as pool:
-        ahead = pool.submit(next, chunks, None)
-        try:
-            while (chunk := ahead.result()) is not None:
-                ahead = pool.submit(next, chunks, None)
-                yield chunk
-        finally:
-            if not ahead.cancel():
-                ahead.exception()  # waits: a generator running on the thread cannot be closed
-            chunks.close()
-
-
 def format_report(result: PredictResult) -> str:
     """The summary users of the original scripts expect: metrics, then the first rows."""
     resolved = f"version {result.version}" if result.version else "not a registered version"
@@ -445,5 +500,5 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(
         lambda: predict(**vars(args)),
         report=lambda result: print(format_report(result)),
-        reads_models=True,
+        prepare_store=False,  # predict prepares it once its input is being read
     )

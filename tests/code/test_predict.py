@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from pipeline import data, mlflow_compat, registry, splits
 from pipeline.config import CHALLENGER_URI, FEATURES, MODEL_NAME, PREDICTION, TARGET
 from pipeline.errors import DataError, PipelineError
 from pipeline.metrics import RunningErrors, regression_metrics
-from pipeline.predict import ERROR, format_report, main, predict, score
+from pipeline.predict import ERROR, ReadAhead, format_report, main, predict, score
 
 # One alias per flavor: the float (scikit-learn) model and the quantized (python_function) one.
 SCORED_ALIASES = ["challenger", "quantized"]
@@ -390,3 +392,50 @@ def test_conforming_frames_skip_mlflows_signature_check_with_the_same_prediction
     for columns in ([ColSpec("double", name) for name in reversed(FEATURES)], [ColSpec("long", n) for n in FEATURES]):
         model.metadata.signature = ModelSignature(inputs=Schema(columns))
         assert mlflow_compat.unchecked_predict(model, FEATURES) == model.predict
+
+
+def test_importing_predict_leaves_mlflow_to_be_imported_while_the_input_is_read() -> None:
+    """predict starts reading before MLflow is imported; an import of it at the top of predict.py
+    (or of a module predict imports first) would take that overlap away without failing anything else."""
+    code = "import sys, pipeline.predict; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"
+
+
+def counted_chunks(n_chunks: int, fail_at: int | None, pulled: list[int], closed: list[bool]) -> Iterator[int]:
+    try:
+        for index in range(n_chunks):
+            pulled.append(index)
+            if index == fail_at:
+                raise DataError(f"chunk {index} is bad")
+            yield index
+    finally:
+        closed.append(True)
+
+
+def test_read_ahead_stays_within_its_depth_and_stops_when_closed() -> None:
+    pulled: list[int] = []
+    closed: list[bool] = []
+    reader = ReadAhead(counted_chunks(100, None, pulled, closed), depth=3)
+    reader.first()
+    chunks = iter(reader)
+    assert [next(chunks) for _ in range(5)] == [0, 1, 2, 3, 4]
+    reader._ahead[-1].result()  # the reader has caught up: the depth, and no further
+    assert len(pulled) == 5 + 3
+    reader.close()
+    assert closed == [True]
+    assert len(pulled) == 8
+    assert reader.seconds > 0
+
+
+def test_read_ahead_raises_a_reading_error_where_its_chunk_would_be() -> None:
+    pulled: list[int] = []
+    closed: list[bool] = []
+    reader = ReadAhead(counted_chunks(100, 4, pulled, closed), depth=10)
+    got = []
+    with pytest.raises(DataError, match="chunk 4 is bad"):
+        got.extend(reader)
+    assert got == [0, 1, 2, 3]
+    reader.close()
+    assert closed == [True]
+    assert pulled == [0, 1, 2, 3, 4]  # nothing is read after the error
