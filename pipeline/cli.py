@@ -4,6 +4,7 @@ clear line and an exit code."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pipeline import store
 from pipeline.config import EXIT_ERROR
@@ -119,17 +120,32 @@ def _send_again(signum: int) -> None:
         os.kill(os.getpid(), signum)
 
 
+def _send_later(signum: int) -> None:
+    retry = threading.Timer(_RETRY_SECONDS, _send_again, (signum,))
+    retry.daemon = True
+    retry.start()
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     if _inside(frame, _DEFERRED_IN):
-        retry = threading.Timer(_RETRY_SECONDS, _send_again, (signum,))
-        retry.daemon = True
-        retry.start()
+        _send_later(signum)
         return
     # Only the first signal interrupts: a second one (a repeated Ctrl-C, `mlflow run` passing its
     # own interrupt on as SIGTERM) would break off the clean-up the first one started.
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def _deliver_again(unraisable: Any, previous_hook: Callable[[Any], None]) -> None:
+    """`sys.unraisablehook`: Python drops what a finalizer (a `__del__`, a weakref callback) raises,
+    so a stop raised while one ran is sent again, to land in the code that runs next."""
+    stop = unraisable.exc_value
+    if not isinstance(stop, Interrupted):
+        previous_hook(unraisable)
+        return
+    signal.signal(stop.signum, _raise_interrupted)
+    _send_later(stop.signum)
 
 
 @contextmanager
@@ -142,11 +158,15 @@ def _signals_interrupt() -> Iterator[None]:
         for signum in STOP_SIGNALS:
             if signal.getsignal(signum) != signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, _raise_interrupted)
+    unraisable_hook = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = functools.partial(_deliver_again, previous_hook=unraisable_hook)
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
+        sys.unraisablehook = unraisable_hook
         # The clean-up is done: whatever ran `run` in this process (pytest, the container, a
         # notebook) can be stopped again as before.
         for signum, handler in previous.items():

@@ -258,3 +258,27 @@ def test_run_hands_the_signals_back_after_stopping(capsys: pytest.CaptureFixture
     assert cli.run(step, report=print, prepare_store=False) == 143
     assert capsys.readouterr().err == "error: stopped by SIGTERM; its open runs ended as KILLED\n"
     assert {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS} == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_that_lands_in_a_finalizer_is_sent_again(capsys: pytest.CaptureFixture[str], signum: int) -> None:
+    """Python drops an exception raised inside a `__del__` or weakref callback (a thread pool's
+    clean-up, mid-promote): the stop must still end the step, not be lost with it."""
+    from pipeline import cli
+
+    class StoppedWhileFinalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signum)
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:  # the handler runs here, and what it raises is dropped
+                pass
+
+    def step() -> str:
+        StoppedWhileFinalized()
+        time.sleep(30)  # the stop, sent again, lands here
+        return "finished"
+
+    assert cli.run(step, report=print, prepare_store=False) == 128 + signum
+    captured = capsys.readouterr()
+    assert "finished" not in captured.out
+    assert captured.err == f"error: stopped by {signal.Signals(signum).name}; its open runs ended as KILLED\n"
