@@ -152,7 +152,7 @@ def read_csv_chunks(
         try:
             reader = pa_csv.open_csv(
                 handle,
-                read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+                read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=True),
                 parse_options=pa_csv.ParseOptions(newlines_in_values=True),
                 convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys((*FEATURES, TARGET), pa.float64())),
             )

@@ -57,7 +57,7 @@ ERROR = "error"
 _LINE_SAMPLE_BYTES = 1 << 16
 # How far reading may run ahead of scoring: at the start, while MLflow is imported and the model
 # loaded, the first rows are parsed; a bound on rows (and on chunks, for tiny chunk sizes) bounds memory.
-READ_AHEAD_ROWS = 2_000_000
+READ_AHEAD_ROWS = 1_000_000
 _READ_AHEAD_CHUNKS = 64
 # Plain numbers, no quotes; shortest text that reads back to the same float64.
 _CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=1 << 16)
@@ -323,13 +323,12 @@ class ReadAhead:
         self._ahead = deque(self._pool.submit(self._next) for _ in range(depth))
 
     def _next(self) -> pd.DataFrame | None:
-        # The thread's own CPU time: reading that overlapped the start is counted as the work it
-        # was, not as the time it waited for the GIL while MLflow was imported.
-        started = time.thread_time()
+        # Wall time: reading that overlapped the start counts in full, waits for the GIL included.
+        started = time.perf_counter()
         try:
             return next(self._chunks, None)
         finally:
-            self.seconds += time.thread_time() - started
+            self.seconds += time.perf_counter() - started
 
     def first(self) -> None:
         """Waits for the first chunk; raises its reading error, if any."""
