@@ -82,9 +82,17 @@ def main() -> None:
             args.repeat,
         )
         timed("score and write validated chunks", lambda: score(model, validated, output, str(path)), args.repeat)
+
+        def score_file() -> None:
+            batch = open_csv(str(path), chunksize)
+            try:
+                score(model, batch.chunks, output, str(path))
+            finally:
+                batch.close()
+
         timed(
             "predict's loop: read ahead, validate, score, write",
-            lambda: score(model, open_csv(str(path), chunksize).chunks, output, str(path)),
+            score_file,
             args.repeat,
         )
 

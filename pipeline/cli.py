@@ -104,6 +104,7 @@ _depth = 0  # `run` calls in progress in this process; the outermost one handles
 # open runs could then not be ended as KILLED.
 _DEFERRED_IN = ("sqlalchemy.",)
 _RETRY_SECONDS = 0.05
+_dropped: list[Interrupted] = []  # stops Python dropped in a finalizer and not raised since
 
 
 def _inside(frame: FrameType | None, packages: tuple[str, ...]) -> bool:
@@ -134,16 +135,19 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     # own interrupt on as SIGTERM) would break off the clean-up the first one started.
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
+    _dropped.clear()
     raise Interrupted(signum)
 
 
 def _deliver_again(unraisable: Any, previous_hook: Callable[[Any], None]) -> None:
     """`sys.unraisablehook`: Python drops what a finalizer (a `__del__`, a weakref callback) raises,
-    so a stop raised while one ran is sent again, to land in the code that runs next."""
+    so a stop raised while one ran is sent again, to land in the code that runs next, and kept
+    in `_dropped` in case the step ends before it lands."""
     stop = unraisable.exc_value
     if not isinstance(stop, Interrupted):
         previous_hook(unraisable)
         return
+    _dropped.append(stop)
     signal.signal(stop.signum, _raise_interrupted)
     _send_later(stop.signum)
 
@@ -160,6 +164,7 @@ def _signals_interrupt() -> Iterator[None]:
                 previous[signum] = signal.signal(signum, _raise_interrupted)
     unraisable_hook = sys.unraisablehook
     if previous:
+        _dropped.clear()
         sys.unraisablehook = functools.partial(_deliver_again, previous_hook=unraisable_hook)
     _depth += 1
     try:
@@ -198,7 +203,8 @@ def run(
     """Runs a step, prints its report, and maps failures to exit codes.
 
     With `prepare_store`, the tracking store is prepared first (`prepare_tracking_store`, with
-    `reads_models`); commands that pick their own store, or prepare it themselves, pass False.
+    `reads_models`); commands that pick their own store, or prepare it themselves, pass False
+    (and `reads_models` then does nothing).
 
     A `PipelineError` (bad input, a gate that said no) is one line on stderr, without a
     traceback; an MLflow error is reported the same way. SIGTERM and SIGINT stop the step: its
@@ -216,6 +222,8 @@ def run(
             if prepare_store:
                 prepare_tracking_store(reads_models)
             result = step()
+            if _dropped and outermost:  # the step ended before the stop, sent again, landed
+                raise _dropped.pop()
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code

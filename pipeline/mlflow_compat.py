@@ -67,6 +67,9 @@ Here:
   steps print links that outlive it (`pipeline.links`). Delete when `eprint` follows the level.
 
 Elsewhere (the code stays with its caller):
+- `pipeline.store.ensure_database` locks with `utils/file_utils.py` `ExclusiveFileLock`, an
+  internal MLflow helper: an `fcntl.flock` the kernel releases however its holder ends. Check
+  on an upgrade that it still is one (`test_processes_started_at_once_on_the_default_store_create_it_whole`).
 - `pipeline.store.ensure_database`: `SqlAlchemyStore.__init__` of `store/tracking/` and
   `store/model_registry/sqlalchemy_store.py` creates and migrates a new store's tables with
   `store/db/utils.py` `_initialize_tables`, without a lock (MLflow's `_safe_initialize_tables`,
@@ -301,8 +304,14 @@ def quiet_artifact_progress() -> None:
 
 
 def quiet_mlflow(verbose: bool) -> None:
-    """MLflow's log lines at WARNING unless `verbose`; its "View run" links off unless the user chose."""
-    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
+    """MLflow's log lines at WARNING unless `verbose`; its "View run" links off unless the user chose.
+
+    Set on the logger for an MLflow already imported, and in `MLFLOW_LOGGING_LEVEL` for one
+    imported later (predict imports it after its input is being read), which resets the level.
+    """
+    level = "INFO" if verbose else "WARNING"
+    os.environ["MLFLOW_LOGGING_LEVEL"] = level
+    logging.getLogger("mlflow").setLevel(level)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 

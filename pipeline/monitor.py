@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -51,8 +51,8 @@ class Comparison:
     """What `compare` found: the columns it compared (the features, then the model's prediction),
     the drift test's result, what drifted (features in `config.FEATURES` order), and every metric to log."""
 
-    reference: np.ndarray
-    batch: np.ndarray
+    reference: np.ndarray = field(repr=False, compare=False)
+    batch: np.ndarray = field(repr=False, compare=False)
     result: drift.DriftResult
     drifted_features: list[str]
     prediction_drift: bool

@@ -296,7 +296,8 @@ class Batch:
         """This batch once the first chunk of its file is read (raising its error, if any), with the
         file's estimated row count."""
         self.reader.first()
-        return replace(self, total_rows=estimate_rows(Path(self.source)))
+        path = Path(self.source).resolve()  # now known to be a readable file
+        return replace(self, source=str(path), total_rows=estimate_rows(path))
 
     def seconds_read(self) -> float:
         """Time spent reading so far (`ReadAhead.seconds`), counted in the throughput."""
@@ -340,23 +341,21 @@ class ReadAhead:
             yield chunk
 
     def close(self) -> None:
-        """Stops reading: chunks not started are dropped, the one being read is waited for."""
-        for ahead in self._ahead:
-            if not ahead.cancel():
-                ahead.exception()  # waits: a generator running on the thread cannot be closed
-        self._pool.shutdown()
+        """Stops reading: chunks not started are dropped, the one being read is waited for (a
+        generator running on the thread cannot be closed)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._chunks.close()
 
 
 def open_csv(input_path: str, chunksize: int) -> Batch:
-    """Starts reading a CSV for scoring, on a thread, up to `READ_AHEAD_ROWS` rows ahead.
-
-    Errors in the file are raised where its rows are asked for (`ReadAhead.first`, or the chunks).
+    """Starts reading a CSV for scoring, on a thread, about `READ_AHEAD_ROWS` rows ahead (at least
+    one chunk). Nothing here raises: errors in the file are raised where its rows are asked for
+    (`Batch.started`, or the chunks).
     """
     path = Path(input_path)
     chunks = data.read_csv_chunks(path, target=data.TARGET_OPTIONAL, chunksize=chunksize)
     reader = ReadAhead(chunks, depth=min(max(READ_AHEAD_ROWS // chunksize, 1), _READ_AHEAD_CHUNKS))
-    return Batch(reader, str(path.resolve()), None, reader=reader)
+    return Batch(reader, str(path.absolute()), None, reader=reader)
 
 
 def held_out_split(run_id: str | None, model_uri: str) -> Batch:

@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,6 +197,23 @@ BAD_INPUTS = {
     "wrong delimiter": (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "delimited by ';'"),
     "non-UTF-8 bytes": (f"{HEADER}\n{ROW}\n".encode() + b"\xff\xfe,1\n", "row 2 (line 3), byte 1: not valid UTF-8"),
 }
+
+
+@pytest.mark.parametrize("kind", ["symlink loop", "broken symlink"])
+def test_an_input_that_is_a_bad_symlink_is_one_line(
+    scoring: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    # predict reads on a thread; a symlink loop was once resolved on the main thread first (a RuntimeError).
+    source = tmp_path / "batch.csv"
+    source.symlink_to(source if kind == "symlink loop" else tmp_path / "gone.csv")
+    expected = "is a symlink loop" if kind == "symlink loop" else f"is a symlink to {tmp_path / 'gone.csv'}"
+
+    code = main(["--input", str(source), "--output", str(tmp_path / "out.csv")])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"error: {source}: {expected}" + ("" if kind == "symlink loop" else ", which does not exist")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.csv"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -426,6 +444,22 @@ def test_read_ahead_stays_within_its_depth_and_stops_when_closed() -> None:
     assert closed == [True]
     assert len(pulled) == 8
     assert reader.seconds > 0
+
+
+def test_closing_the_read_ahead_reads_at_most_the_chunk_in_progress() -> None:
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    def slow_chunks() -> Iterator[int]:
+        for chunk in counted_chunks(100, None, pulled, closed):
+            time.sleep(0.05)
+            yield chunk
+
+    reader = ReadAhead(slow_chunks(), depth=20)
+    reader.first()
+    reader.close()
+    assert len(pulled) <= 2  # the first, and the one being read when close was called
+    assert closed == [True]
 
 
 def test_read_ahead_raises_a_reading_error_where_its_chunk_would_be() -> None:

@@ -76,3 +76,19 @@ def test_cli_end_to_end_and_unreachable_server(scoring: str, python: str, tmp_pa
         [python, "-m", "pipeline", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [refused])
+
+
+@pytest.mark.integration
+def test_a_run_that_succeeds_writes_nothing_on_stderr(scoring: str, python: str, tmp_path: Path) -> None:
+    """MLflow is imported after the logging is set up (predict reads first): its INFO lines, such
+    as creating the experiment, must stay hidden as in every step."""
+    result = subprocess.run(
+        [python, "-m", "pipeline", "predict", "--output", "p.csv", "--experiment-name", "first-predictions"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert MlflowClient().get_experiment_by_name("first-predictions") is not None

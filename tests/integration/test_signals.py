@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,7 +279,30 @@ def test_a_stop_that_lands_in_a_finalizer_is_sent_again(capsys: pytest.CaptureFi
         time.sleep(30)  # the stop, sent again, lands here
         return "finished"
 
+    hook = sys.unraisablehook
     assert cli.run(step, report=print, prepare_store=False) == 128 + signum
     captured = capsys.readouterr()
     assert "finished" not in captured.out
     assert captured.err == f"error: stopped by {signal.Signals(signum).name}; its open runs ended as KILLED\n"
+    assert sys.unraisablehook is hook
+
+
+def test_a_stop_dropped_in_a_finalizer_as_the_step_ends_still_stops_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """The step returns before the stop, sent again, can land: `run` reports the stop, not the result."""
+    from pipeline import cli
+
+    class StoppedWhileFinalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:
+                pass
+
+    def step() -> str:
+        StoppedWhileFinalized()
+        return "finished"
+
+    assert cli.run(step, report=print, prepare_store=False) == 143
+    captured = capsys.readouterr()
+    assert "finished" not in captured.out
+    assert captured.err == "error: stopped by SIGTERM; its open runs ended as KILLED\n"
