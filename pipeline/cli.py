@@ -228,10 +228,12 @@ def run(
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
         except (KeyboardInterrupt, Exception) as err:
-            if not isinstance(err, KeyboardInterrupt) and not _from_mlflow(err):
-                raise
+            # A stop can arrive wrapped in what the code it interrupted raised instead: MLflow's
+            # own errors, or Python's RuntimeError around a class being created.
             stop = interruption(err)
             if stop is None:
+                if not _from_mlflow(err):
+                    raise
                 print(f"error: MLflow: {err.message}", file=sys.stderr)
                 return EXIT_ERROR
             if not outermost:

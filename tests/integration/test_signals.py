@@ -287,6 +287,22 @@ def test_a_stop_that_lands_in_a_finalizer_is_sent_again(capsys: pytest.CaptureFi
     assert sys.unraisablehook is hook
 
 
+def test_a_stop_wrapped_in_another_error_still_stops_the_step(capsys: pytest.CaptureFixture[str]) -> None:
+    """Python wraps what a signal handler raises during class creation in a RuntimeError (`Error
+    calling __set_name__`, seen mid-promote as MLflow imported its evaluators): still the stop."""
+    from pipeline import cli
+
+    def step() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        except KeyboardInterrupt as stop:
+            raise RuntimeError("Error calling __set_name__") from stop
+
+    assert cli.run(step, report=print, prepare_store=False) == 143
+    assert capsys.readouterr().err == "error: stopped by SIGTERM; its open runs ended as KILLED\n"
+
+
 def test_a_stop_dropped_in_a_finalizer_as_the_step_ends_still_stops_it(capsys: pytest.CaptureFixture[str]) -> None:
     """The step returns before the stop, sent again, can land: `run` reports the stop, not the result."""
     from pipeline import cli
