@@ -68,7 +68,6 @@ class PredictResult:
     """What a predict run produced.
 
     Attributes:
-        run_id: The MLflow run that recorded it.
         model_uri: The URI as given (`models:/california-housing@champion`).
         version: The registered version it resolved to, None for URIs outside the registry.
         input_source: The CSV's absolute path, or the held-out split and the run that recorded it.
@@ -78,9 +77,9 @@ class PredictResult:
         metrics: `test_r2`, `test_mse`, `test_rmse`, `test_mae` when the input carries
             MedHouseVal, else empty.
         sample: The first rows: `prediction`, plus `MedHouseVal` and `error` when present.
+        run_id: The MLflow run that recorded it, once logged (`log_run`).
     """
 
-    run_id: str
     model_uri: str
     version: str | None
     input_source: str
@@ -89,6 +88,7 @@ class PredictResult:
     rows_per_second: float
     metrics: dict[str, float]
     sample: pd.DataFrame = field(repr=False)
+    run_id: str = ""
 
 
 def progress_bar(total_estimate: int | None, show: bool) -> tqdm:
@@ -174,7 +174,6 @@ def predict(
                 n_rows, errors, sample = score(model, batch.chunks, temporary, batch.source, bar)
             rows_per_second = n_rows / max(time.perf_counter() - started, 1e-9)
             result = PredictResult(
-                run_id="",
                 model_uri=model_uri,
                 version=str(version.version) if version else None,
                 input_source=batch.source,
@@ -186,14 +185,13 @@ def predict(
             )
             # As given (`mlflow run` has already logged these as spelled), then as resolved.
             given = {"model_uri": model_uri, "input": input_path or "", "output": str(output_path)}
-            resolved = {"model_version": result.version or "", "model_run_id": model.metadata.run_id or ""}
-            resolved["chunksize"] = chunksize
-            run_id = log_run(result, given, resolved, experiment_name, lambda: _publish(temporary, output))
+            resolved = {"model_run_id": model.metadata.run_id or "", "chunksize": chunksize}
+            result = log_run(result, given, resolved, experiment_name, lambda: _publish(temporary, output))
     finally:
         if batch is not None:
             batch.close()  # a failure anywhere closes the input and stops its read-ahead thread now
     log.info("scored %d rows at %.0f rows/s into %s", n_rows, rows_per_second, output)
-    return replace(result, run_id=run_id)
+    return result
 
 
 def _checked_output(output_path: str | Path, input_path: str | None, model_uri: str) -> Path:
@@ -238,13 +236,13 @@ def log_run(
     experiment_name: str,
     publish: Callable[[], None],
     engine: str = "",
-) -> str:
+) -> PredictResult:
     """Logs a predict run (either engine) and, inside it, puts the predictions in place with `publish`:
     a failure to publish fails the run. `given` are the parameters as spelled (`mlflow run` has
-    already logged them so), `resolved` what they resolved to.
+    already logged them so), `resolved` what they resolved to besides the model's version.
 
     Returns:
-        The run's id.
+        `result` with the run's id.
     """
     version = f"version {result.version}" if result.version else "no registered version"
     description = (
@@ -257,10 +255,17 @@ def log_run(
 
     with tracking.step_run("predict", "predict", description, experiment_name) as run:
         tracking.log_params(given)
-        mlflow.log_params({**resolved, "input_source": result.input_source, "output_path": result.output_path})
+        mlflow.log_params(
+            {
+                "model_version": result.version or "",
+                **resolved,
+                "input_source": result.input_source,
+                "output_path": result.output_path,
+            }
+        )
         mlflow.log_metrics({"n_rows": result.n_rows, "rows_per_second": result.rows_per_second, **result.metrics})
         publish()
-    return run.info.run_id
+    return replace(result, run_id=run.info.run_id)
 
 
 def _inputs(input_path: str | None, model_uri: str) -> list[tuple[str, str]]:

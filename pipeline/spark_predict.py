@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,7 +120,6 @@ def predict(
             sample = spark.read.parquet(str(written)).limit(SAMPLE_ROWS).toPandas()
             shown = [column for column in (TARGET, PREDICTION, ERROR) if column in sample.columns]
             result = PredictResult(
-                run_id="",
                 model_uri=model_uri,
                 version=str(version.version) if version else None,
                 input_source=batch.source,
@@ -133,14 +132,13 @@ def predict(
             given = {"model_uri": model_uri, "input": input_path, "output": str(output_path), "engine": "spark"}
             given |= {"spark_master": master, "spark_env_manager": env_manager}
             model_run_id = version.run_id if version else mlflow.models.get_model_info(load_uri).run_id
-            resolved = {"model_version": result.version or "", "model_run_id": model_run_id or ""}
-            resolved["spark_version"] = spark.version
+            resolved = {"model_run_id": model_run_id or "", "spark_version": spark.version}
             publish = functools.partial(_publish, written, output, Path(folder))
-            run_id = log_run(result, given, resolved, experiment_name, publish, " on Spark,")
+            result = log_run(result, given, resolved, experiment_name, publish, " on Spark,")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     log.info("scored %d rows at %.0f rows/s on Spark into %s", n_rows, result.rows_per_second, output)
-    return replace(result, run_id=run_id)
+    return result
 
 
 def _check_output(output: Path, input_path: str, model_uri: str) -> None:
